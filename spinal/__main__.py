@@ -1,0 +1,7 @@
+"""Entry point of ``python -m spinal``."""
+
+import sys
+
+from spinal.cli import main
+
+sys.exit(main())
