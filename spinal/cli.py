@@ -48,7 +48,7 @@ def _add_trace_settings(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-center", action="store_true", help="Do not subtract the per-feature mean of H before the spectrum.")
     group.add_argument("--drop-top", type=float, default=fit.drop_top, help="Fraction of the rank dropped from the top of the spectrum (default %(default)s).")
     group.add_argument("--fit-until", type=float, default=fit.fit_until, help="Fraction of the rank where the fit window ends (default %(default)s).")
-    group.add_argument("--min-points", type=int, default=fit.min_points, help="Fewest singular values in the window for a fit (default %(default)s).")
+    group.add_argument("--min-points", type=int, default=fit.min_points, help="Minimum number of singular values in the window for a fit (default %(default)s).")
     group.add_argument("--rel-floor", type=float, default=fit.rel_floor, help="Singular values below this fraction of the largest count as zero (default %(default)s).")
     group.add_argument("--gram-dtype", choices=["float64", "float32"], default="float64", help="Precision of the streamed Gram matrices (default %(default)s).")
 

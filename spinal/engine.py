@@ -3,8 +3,8 @@
 Per layer the engine streams sufficient statistics instead of keeping activations:
 
 * the Gram matrix H^T H (hidden x hidden) and the column sums of the layer's hidden states over
-  the selected tokens, from which the singular values of H follow exactly, kept per prompt
-  group so that bootstrap replicates over prompts can be formed afterwards;
+  the selected tokens. The singular values of H follow from them exactly. They are kept per
+  prompt group, so that bootstrap replicates over prompts can be formed afterwards;
 * per-token Fisher-Rao distances between adjacent layers' logit-lens distributions, computed
   chunk by chunk over tokens, so that layers x tokens x vocabulary logits never exist at once,
   and summed per prompt.
@@ -139,7 +139,7 @@ def trace(
         progress: Optional progress callback.
 
     Returns:
-        The trace result; ``cached`` tells whether the model was loaded at all.
+        The trace result; ``cached`` is True when the model was not loaded at all.
 
     Raises:
         SpinalError: On bad input (missing model or prompts, unsupported architecture,

@@ -37,7 +37,7 @@ class FitSettings:
         drop_top: Fraction of the rank dropped from the top before the window starts; protects
             the fit from a few large leading outliers.
         fit_until: Fraction of the rank where the window ends.
-        min_points: Fewest singular values in the window for a fit; fewer gives status
+        min_points: Minimum number of singular values in the window for a fit; fewer gives status
             ``too_few`` and no number.
         rel_floor: Singular values below this fraction of the largest are treated as zero and
             excluded from the rank.

@@ -30,7 +30,7 @@ LENS_CHUNK_BYTES = 256 * 1024**2
 """Memory budget for the float32 lens log-probabilities of one token chunk (two layers live)."""
 
 MIN_ALPHA_GROUPS = 4
-"""Fewest prompt groups for alpha intervals; fewer gives intervals too coarse to report."""
+"""Minimum number of prompt groups for alpha intervals; fewer gives intervals too coarse to report."""
 
 
 def _report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
