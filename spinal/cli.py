@@ -232,6 +232,12 @@ def command_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _signed(value: float, width: int) -> str:
+    if value != value:
+        return f"{'n/a':>{width}}"
+    return f"{value:>+{width}.4f}"
+
+
 def _interval(low: float, high: float) -> str:
     if low != low or high != high:
         return "[no interval]"
@@ -251,17 +257,17 @@ def format_comparison(comparison, reference_label: str, target_label: str) -> st
     for row in comparison.table.itertuples(index=False):
         lines.append(
             f"{row.layer:>5} {row.depth:>6.3f} {'*' if row.in_band else '':>4}  "
-            f"{row.delta_alpha:>+9.4f} {_interval(row.delta_alpha_low, row.delta_alpha_high):>21}  "
-            f"{row.delta_transport:>+11.4f} {_interval(row.delta_transport_low, row.delta_transport_high):>21}"
+            f"{_signed(row.delta_alpha, 9)} {_interval(row.delta_alpha_low, row.delta_alpha_high):>21}  "
+            f"{_signed(row.delta_transport, 11)} {_interval(row.delta_transport_low, row.delta_transport_high):>21}"
         )
 
     lines += [
         "",
         f"terminal band (* rows, relative depth {summary.band[0]:.3f} to {summary.band[1]:.3f}):",
-        f"  mean delta alpha     {summary.band_delta_alpha:+.4f} "
+        f"  mean delta alpha     {_signed(summary.band_delta_alpha, 0)} "
         f"{_interval(summary.band_delta_alpha_low, summary.band_delta_alpha_high)}, "
         f"share of total |delta| in band {summary.band_share_alpha:.0%}",
-        f"  mean delta transport {summary.band_delta_transport:+.4f} "
+        f"  mean delta transport {_signed(summary.band_delta_transport, 0)} "
         f"{_interval(summary.band_delta_transport_low, summary.band_delta_transport_high)}, "
         f"share of total |delta| in band {summary.band_share_transport:.0%}",
         f"  signature (alpha up and transport down in the band): {summary.verdict}",

@@ -682,6 +682,11 @@ def _resolve_model_directory(source: str, revision: str | None) -> Path:
                 f"Model directory {source} has no config.json: pass a Hugging Face checkpoint "
                 "directory (the output of save_pretrained)."
             )
+
+        if revision is not None:
+            raise ModelLoadError(
+                f"Revision {revision!r} applies to hub ids, but {source} is a local directory: drop --revision."
+            )
         return path.resolve()
 
     if _looks_like_local_path(source):

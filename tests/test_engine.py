@@ -397,3 +397,12 @@ def test_layers_table_columns_complete(llama):
 
     assert expected <= set(layers.columns)
     assert isinstance(layers, pd.DataFrame)
+
+
+def test_revision_with_local_directory_rejected(saved_llama, prompt_file, tmp_path):
+    store = TraceStore(tmp_path / "store")
+
+    with pytest.raises(SpinalError, match="drop --revision"):
+        trace(str(saved_llama), prompt_file, store=store, settings=FAST_SETTINGS, revision="main")
+
+    assert_store_empty(store)
