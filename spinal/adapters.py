@@ -108,6 +108,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?
 
 _SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 _PICKLE_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model", "vocab.txt")
 
 
 def supported_model_types() -> list[str]:
@@ -359,7 +360,7 @@ def _first_line(error: BaseException) -> str:
     return type(error).__name__
 
 
-def _check_local_directory(directory: Path, *, allow_pickle: bool) -> bool:
+def check_local_checkpoint(directory: Path, *, allow_pickle: bool) -> bool:
     """Validate a local model directory before transformers reads it.
 
     Returns:
@@ -393,6 +394,13 @@ def _check_local_directory(directory: Path, *, allow_pickle: bool) -> bool:
 
     has_safetensors = any((directory / name).is_file() for name in _SAFETENSORS_FILES)
     has_pickle = any((directory / name).is_file() for name in _PICKLE_FILES)
+
+    tokenizer_files = [name for name in _TOKENIZER_FILES if (directory / name).is_file()]
+    if not tokenizer_files:
+        raise ModelLoadError(
+            f"no tokenizer files in {directory} (expected one of {', '.join(_TOKENIZER_FILES)}): "
+            "save the tokenizer next to the model with tokenizer.save_pretrained."
+        )
 
     if has_safetensors:
         return True
@@ -465,7 +473,7 @@ def load_model(
                 f"revision {revision!r} applies only to Hub ids, but {source} is a local directory: "
                 "drop the revision."
             )
-        use_safetensors: bool | None = _check_local_directory(directory, allow_pickle=allow_pickle)
+        use_safetensors: bool | None = check_local_checkpoint(directory, allow_pickle=allow_pickle)
         location = str(directory)
     elif _is_hub_id(source):
         # On the Hub, transformers picks safetensors first and falls back to pickle only when allowed.
@@ -502,9 +510,11 @@ def load_model(
         # device exists.
         load_kwargs["device_map"] = torch_device
 
+    from safetensors import SafetensorError
+
     try:
         model = AutoModelForCausalLM.from_pretrained(location, **load_kwargs)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"failed to load the weights of {source}: {_first_line(error)}") from error
 
     model = model.to(torch_device)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from spinal.errors import SpinalError
+from spinal.errors import SettingsError, SpinalError
 from spinal.settings import BootstrapSettings, FitSettings, TokenSettings, TraceSettings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,12 @@ def _add_trace_settings(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--groups", type=int, default=bootstrap.groups, help="Prompt groups resampled by the bootstrap (default %(default)s).")
     group.add_argument("--level", type=float, default=bootstrap.level, help="Confidence level of the intervals (default %(default)s).")
     group.add_argument("--seed", type=int, default=bootstrap.seed, help="Seed of the bootstrap draws (default %(default)s).")
+    group.add_argument(
+        "--max-gram-mib",
+        type=int,
+        default=bootstrap.max_gram_bytes // 1024**2,
+        help="Memory cap in MiB for the per-group Gram matrices that alpha intervals need (default %(default)s).",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> TraceSettings:
@@ -80,6 +87,7 @@ def settings_from_args(args: argparse.Namespace) -> TraceSettings:
             groups=args.groups,
             level=args.level,
             seed=args.seed,
+            max_gram_bytes=args.max_gram_mib * 1024**2,
         ),
         gram_dtype=args.gram_dtype,
     )
@@ -87,9 +95,42 @@ def settings_from_args(args: argparse.Namespace) -> TraceSettings:
     return settings
 
 
+class _Parser(argparse.ArgumentParser):
+    """Argument parser whose usage errors are one line that points to ``--help``."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+OPTION_NAMES = {
+    "drop_top": "--drop-top",
+    "fit_until": "--fit-until",
+    "min_points": "--min-points",
+    "rel_floor": "--rel-floor",
+    "max_tokens": "--max-tokens",
+    "positions": "--positions",
+    "replicates": "--bootstrap",
+    "groups": "--groups",
+    "level": "--level",
+    "seed": "--seed",
+    "max_gram_bytes": "--max-gram-mib",
+    "gram_dtype": "--gram-dtype",
+    "batch_size": "--batch-size",
+    "max_prompts": "--max-prompts",
+}
+"""Settings fields and the CLI options that set them, for error messages."""
+
+
+def _with_option_names(message: str) -> str:
+    """Replace ``field=value`` in a settings error with the CLI option that sets the field."""
+    for field_name, option in OPTION_NAMES.items():
+        message = re.sub(rf"\b{field_name}=", f"{option} ", message)
+    return message
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``spinal`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="spinal",
         description="Layer-by-layer contraction (alpha) and transport traces of causal language models.",
     )
@@ -147,11 +188,14 @@ def _open_store(path: str | None):
 
 def command_trace(args: argparse.Namespace) -> int:
     """Trace each model and print its run id."""
-    from spinal.engine import trace
+    from spinal.engine import check_model_source, trace
 
     settings = settings_from_args(args)
     if args.label and len(args.models) > 1:
         raise SpinalError(f"--label applies to one model, but {len(args.models)} were given: drop --label or trace them one by one.")
+
+    for model in args.models:
+        check_model_source(model, revision=args.revision, allow_pickle=args.allow_pickle)
 
     store = _open_store(args.store)
     for model in args.models:
@@ -170,7 +214,9 @@ def command_trace(args: argparse.Namespace) -> int:
             label=args.label,
         )
         origin = "stored" if result.cached else "computed"
-        print(f"{result.run_id}\t{origin}\t{result.run.manifest.get('label', model)}")
+        print(f"{result.run_id}\t{origin}\t{result.run.manifest.get('label', model)}", flush=True)
+        for warning in result.run.manifest.get("warnings", []):
+            print(f"warning: run {result.run_id}: {warning}", file=sys.stderr)
     return 0
 
 
@@ -178,16 +224,19 @@ def command_runs(args: argparse.Namespace) -> int:
     """Print one line per complete run in the store."""
     store = _open_store(args.store)
     infos = store.list_runs()
+    for run_id, reason in store.damaged_runs():
+        print(f"warning: run folder {run_id} is damaged ({reason}) and not listed: delete it and trace again.", file=sys.stderr)
+
     if not infos:
         print(f"No runs in {store.root}. Trace a checkpoint with `spinal trace MODEL --prompts FILE` or build the demo with `spinal demo`.")
         return 0
 
-    print(f"{'run_id':16}  {'created':25}  {'layers':>6}  {'prompts':8}  {'series':18}  label")
+    print(f"{'run_id':16}  {'created':25}  {'blocks':>6}  {'prompt set':10}  {'series':18}  label")
     for info in infos:
         series = ""
         if info.series:
             series = f"{info.series.get('name', '')}@{info.series.get('step', '')}"
-        print(f"{info.run_id:16}  {info.created:25}  {info.n_layers:>6}  {info.prompt_sha256[:8]:8}  {series[:18]:18}  {info.label}")
+        print(f"{info.run_id:16}  {info.created:25}  {info.n_layers:>6}  {info.prompt_sha256[:10]:10}  {series[:18]:18}  {info.label}")
     return 0
 
 
@@ -198,8 +247,11 @@ def command_export(args: argparse.Namespace) -> int:
     if suffix not in EXPORT_FORMATS:
         raise SpinalError(f"Output {args.out} has an unknown format {suffix or '(none)'}: use .csv, .parquet or .json.")
 
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise SpinalError(f"Output directory {out.parent} does not exist: create it first.")
+
+    if out.is_dir():
+        raise SpinalError(f"Output {args.out} is a directory: pass a file name such as {out / ('layers' + suffix)}.")
 
     store = _open_store(args.store)
     run = store.get(args.run)
@@ -208,13 +260,18 @@ def command_export(args: argparse.Namespace) -> int:
     table.insert(1, "label", run.manifest.get("label", ""))
 
     staging = out.with_name(f".{out.name}.partial")
-    if suffix == ".csv":
-        table.to_csv(staging, index=False)
-    elif suffix == ".parquet":
-        table.to_parquet(staging, index=False)
-    else:
-        table.to_json(staging, orient="records", indent=2)
-    os.replace(staging, out)
+    try:
+        if suffix == ".csv":
+            table.to_csv(staging, index=False)
+        elif suffix == ".parquet":
+            table.to_parquet(staging, index=False)
+        else:
+            table.to_json(staging, orient="records", indent=2)
+        os.replace(staging, out)
+    except OSError as error:
+        raise SpinalError(f"Could not write {args.out} ({error.strerror or error}): choose a writable path.") from error
+    finally:
+        staging.unlink(missing_ok=True)
 
     print(f"Wrote {len(table)} layers of run {run.run_id} to {out}")
     return 0
@@ -227,8 +284,13 @@ def command_compare(args: argparse.Namespace) -> int:
     store = _open_store(args.store)
     reference = store.get(args.run_a)
     target = store.get(args.run_b)
+    if reference.run_id == target.run_id:
+        print(f"warning: RUN_A and RUN_B are the same run {reference.run_id}, so every delta is zero.", file=sys.stderr)
+
     comparison = compare_runs(reference, target, band=(args.band, 1.0))
     print(format_comparison(comparison, reference.label, target.label))
+    for warning in comparison.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -236,6 +298,10 @@ def _signed(value: float, width: int) -> str:
     if value != value:
         return f"{'n/a':>{width}}"
     return f"{value:>+{width}.4f}"
+
+
+def _share(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0%}"
 
 
 def _interval(low: float, high: float) -> str:
@@ -266,14 +332,13 @@ def format_comparison(comparison, reference_label: str, target_label: str) -> st
         f"terminal band (* rows, relative depth {summary.band[0]:.3f} to {summary.band[1]:.3f}):",
         f"  mean delta alpha     {_signed(summary.band_delta_alpha, 0)} "
         f"{_interval(summary.band_delta_alpha_low, summary.band_delta_alpha_high)}, "
-        f"share of total |delta| in band {summary.band_share_alpha:.0%}",
+        f"share of total |delta| in band {_share(summary.band_share_alpha)}",
         f"  mean delta transport {_signed(summary.band_delta_transport, 0)} "
         f"{_interval(summary.band_delta_transport_low, summary.band_delta_transport_high)}, "
-        f"share of total |delta| in band {summary.band_share_transport:.0%}",
+        f"share of total |delta| in band {_share(summary.band_share_transport)}",
         f"  signature (alpha up and transport down in the band): {summary.verdict}",
         f"  {summary.sentence}",
     ]
-    lines += [f"warning: {warning}" for warning in comparison.warnings]
     return "\n".join(lines)
 
 
@@ -332,6 +397,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``spinal`` command and return its exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        # Set before transformers is imported: its weight-loading progress bar and load reports
+        # would otherwise fill stderr on every trace.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -342,7 +412,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpinalError as error:
         if args.debug:
             raise
-        print(f"spinal {args.command}: error: {error}", file=sys.stderr)
+        message = _with_option_names(str(error)) if isinstance(error, SettingsError) else str(error)
+        print(f"spinal {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if args.debug:
+            raise
+        location = f" ({error.filename})" if error.filename else ""
+        print(f"spinal {args.command}: error: {error.strerror or error}{location}: check the path and its permissions.", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spinal {args.command}: interrupted", file=sys.stderr)

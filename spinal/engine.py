@@ -18,6 +18,7 @@ Torch and transformers are imported inside the functions that need them, so a ca
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable
@@ -395,6 +396,8 @@ def compute_trace(
             f"{settings.tokens.positions!r}: use longer prompts or --positions all."
         )
 
+    _check_context_length(loaded, tokenized)
+
     n_rows = loaded.n_layers + 1
     hidden_size = loaded.hidden_size
     accumulator = StatisticsAccumulator(
@@ -424,11 +427,14 @@ def compute_trace(
     tables, bootstrap_info, warnings = accumulator.finish(progress)
 
     if not (tables["layers"]["alpha_status"] == "ok").any():
-        needed = settings.fit.min_points
+        fit = settings.fit
+        rank = int(tables["layers"]["rank"].max())
+        window = max(math.floor(fit.fit_until * rank) - math.floor(fit.drop_top * rank), 0)
         raise TraceError(
-            f"No layer has enough singular values for a fit: {n_tokens_used} selected tokens give "
-            f"rank {int(tables['layers']['rank'].max())}, and a fit needs a window of at least {needed}. "
-            "Use more prompts (--max-prompts), longer prompts (--max-tokens) or a wider window."
+            f"No layer has enough singular values for a fit: {n_tokens_used} selected tokens give rank "
+            f"{rank}, and the fit window (--drop-top {fit.drop_top} to --fit-until {fit.fit_until} of the "
+            f"rank) then holds {window} values, fewer than --min-points {fit.min_points}. "
+            "Use more or longer prompts, or a wider window."
         )
 
     tables["prompts"] = _prompts_table(prompt_set, tokenized, used_per_prompt, accumulator.group_of_prompt)
@@ -485,6 +491,25 @@ def _tokenize(loaded: LoadedModel, prompt_set: PromptSet, settings: TraceSetting
         )
 
     return _TokenizedPrompts(ids=ids, truncated=truncated)
+
+
+CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings", "seq_length", "n_ctx")
+"""Config attributes that give a model's maximum number of positions, in lookup order."""
+
+
+def _check_context_length(loaded: LoadedModel, tokenized: _TokenizedPrompts) -> None:
+    config = loaded.model.config
+    text_config = getattr(config, "text_config", None) or config
+    context = next(
+        (getattr(text_config, name) for name in CONTEXT_ATTRIBUTES if isinstance(getattr(text_config, name, None), int)),
+        None,
+    )
+    longest = max(len(ids) for ids in tokenized.ids)
+    if context is not None and longest > context:
+        raise TraceError(
+            f"Prompts reach {longest} tokens, but {loaded.source} accepts at most {context} positions: "
+            f"pass --max-tokens {context} or less."
+        )
 
 
 def _apply_chat_template(loaded: LoadedModel, text: str) -> str:
@@ -662,6 +687,22 @@ def _build_manifest(
     }
 
 
+def check_model_source(source: str, *, revision: str | None = None, allow_pickle: bool = False) -> None:
+    """Check a local checkpoint's path, config, architecture, weights and tokenizer without loading it.
+
+    Hub ids are checked when they are loaded, because checking them needs the network.
+
+    Raises:
+        ModelLoadError: The path is missing, has no config.json, no weights or no tokenizer.
+        UnsupportedModelError: The model type is not in the adapter table.
+    """
+    from spinal.adapters import check_local_checkpoint
+
+    path = Path(source).expanduser()
+    if path.exists() or _looks_like_local_path(source):
+        check_local_checkpoint(_resolve_model_directory(source, revision), allow_pickle=allow_pickle)
+
+
 def _resolve_prompts(prompts: str | Path | PromptSet, max_prompts: int | None) -> PromptSet:
     from spinal.prompts import PromptSet, load_prompts
 
@@ -708,11 +749,20 @@ def _looks_like_local_path(source: str) -> bool:
 def _download_hub_snapshot(repo_id: str, revision: str | None) -> Path:
     # NOTE: untested here because this machine cannot reach the hub; only local paths are tested.
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.py", "*.bin"]
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+    except HFValidationError as error:
+        raise ModelLoadError(
+            f"Model {repo_id!r} is neither a local directory nor a valid hub id (owner/name): check the path."
+        ) from error
     except RepositoryNotFoundError as error:
         raise ModelLoadError(f"Model {repo_id!r} is neither a local directory nor a hub repository: {error}") from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:

@@ -20,6 +20,9 @@ from spinal.errors import SettingsError
 SCHEMA_VERSION = 1
 """Version of the stored run layout (manifest fields and table columns)."""
 
+MAX_TOKENS_LIMIT = 1_000_000
+"""Upper bound of ``max_tokens``; no released model has a longer context."""
+
 TokenPositions = Literal["skip-first", "all", "last"]
 GramDtype = Literal["float64", "float32"]
 
@@ -95,8 +98,10 @@ class TokenSettings:
                 f"positions={self.positions!r} is invalid: use 'skip-first', 'all' or 'last'."
             )
 
-        if self.max_tokens < 2:
-            raise SettingsError(f"max_tokens={self.max_tokens} is invalid: use at least 2.")
+        if not 2 <= self.max_tokens <= MAX_TOKENS_LIMIT:
+            raise SettingsError(
+                f"max_tokens={self.max_tokens} is invalid: use a value from 2 to {MAX_TOKENS_LIMIT}."
+            )
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,12 @@ class BootstrapSettings:
 
         if not 0.5 <= self.level < 1.0:
             raise SettingsError(f"level={self.level} is invalid: use a value in [0.5, 1).")
+
+        if self.seed < 0:
+            raise SettingsError(f"seed={self.seed} is invalid: use 0 or more.")
+
+        if self.max_gram_bytes < 0:
+            raise SettingsError(f"max_gram_bytes={self.max_gram_bytes} is invalid: use 0 or more.")
 
 
 @dataclass(frozen=True)

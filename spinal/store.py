@@ -401,6 +401,8 @@ class TraceStore:
 
     def __init__(self, root: str | Path | None = None) -> None:
         base = Path(root).expanduser() if root is not None else default_store_root()
+        if base.exists() and not base.is_dir():
+            raise StoreError(f"store path {base} is not a directory: pass a directory to --store or SPINAL_STORE.")
         self.root = base.absolute()
 
     def __repr__(self) -> str:
@@ -474,6 +476,12 @@ class TraceStore:
             )
 
         if not matches:
+            damaged = [(name, reason) for name, reason in self.damaged_runs() if name.startswith(prefix)]
+            if len(damaged) == 1:
+                name, reason = damaged[0]
+                raise StoreError(
+                    f"run {name} is damaged ({reason}): delete {self.runs_dir / name} and trace it again."
+                )
             raise StoreError(f"run {run_id!r} not found in {self.runs_dir}: {RUNS_HINT}.")
 
         if len(matches) > 1:
@@ -483,6 +491,39 @@ class TraceStore:
             )
 
         return self._open(matches[0], run_id)
+
+    def damaged_runs(self) -> list[tuple[str, str]]:
+        """Return ``(run_id, reason)`` for run folders that ``list_runs`` skips as incomplete.
+
+        Runs are staged elsewhere and renamed into place whole, so an incomplete folder under
+        ``runs/`` was damaged after it was written (a deleted table, an edited manifest).
+        """
+        if not self.runs_dir.is_dir():
+            return []
+
+        damaged = []
+        for run_dir in sorted(self.runs_dir.iterdir()):
+            if not re.fullmatch(r"[0-9a-f]{16}", run_dir.name) or self._is_complete(run_dir):
+                continue
+
+            damaged.append((run_dir.name, self._damage_reason(run_dir)))
+
+        return damaged
+
+    def _damage_reason(self, run_dir: Path) -> str:
+        names = (MANIFEST_NAME, *(f"{name}.parquet" for name in TABLE_NAMES))
+        missing = [name for name in names if not (run_dir / name).is_file()]
+        if missing:
+            return "missing " + ", ".join(missing)
+
+        manifest = self._read_manifest(run_dir)
+        if manifest is None:
+            return "manifest.json is unreadable"
+
+        if manifest.get("schema_version") != SCHEMA_VERSION:
+            return f"schema version {manifest.get('schema_version')}, expected {SCHEMA_VERSION}"
+
+        return "manifest run_id does not match the folder name"
 
     def find(self, key: str) -> Run | None:
         """Return the complete run stored under ``key``, or None."""
@@ -498,8 +539,8 @@ class TraceStore:
         manifest = self._read_manifest(run_dir)
         if manifest is None or not self._tables_present(run_dir):
             raise StoreError(
-                f"run {requested!r} at {run_dir} is incomplete or its manifest is unreadable: "
-                f"delete the folder and trace again, or {RUNS_HINT}."
+                f"run {run_dir.name} is damaged ({self._damage_reason(run_dir)}): delete {run_dir} "
+                "and trace it again."
             )
 
         version = manifest.get("schema_version")

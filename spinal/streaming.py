@@ -33,6 +33,10 @@ MIN_ALPHA_GROUPS = 4
 """Minimum number of prompt groups for alpha intervals; fewer gives intervals too coarse to report."""
 
 
+RANK_TOLERANCE = 0.02
+"""Largest relative rank change of a bootstrap replicate before a row's alpha interval is dropped."""
+
+
 def _report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
     if progress is not None:
         progress(stage, done, total)
@@ -70,11 +74,19 @@ class StatisticsAccumulator:
         affordable_groups = max(1, bootstrap.max_gram_bytes // max(gram_bytes, 1))
         self.alpha_groups = min(self.transport_groups, affordable_groups)
 
-        if bootstrap.replicates > 0 and self.alpha_groups < MIN_ALPHA_GROUPS:
+        if bootstrap.replicates > 0 and self.transport_groups < MIN_ALPHA_GROUPS:
             self.warnings.append(
-                f"Alpha intervals skipped: {self.alpha_groups} prompt group(s) fit in max_gram_bytes="
-                f"{bootstrap.max_gram_bytes} for hidden size {hidden_size} and {n_rows} rows; "
-                f"at least {MIN_ALPHA_GROUPS} are needed (use more prompts or raise max_gram_bytes)."
+                f"Alpha intervals skipped: {self.transport_groups} prompt group(s) from {n_prompts} prompts "
+                f"and groups={bootstrap.groups}; alpha intervals need at least {MIN_ALPHA_GROUPS} "
+                "(use more prompts or more groups)."
+            )
+            self.alpha_groups = 1
+        elif bootstrap.replicates > 0 and self.alpha_groups < MIN_ALPHA_GROUPS:
+            self.warnings.append(
+                f"Alpha intervals skipped: only {self.alpha_groups} group Gram matrices of "
+                f"{gram_bytes / 1024**2:.0f} MiB (hidden size {hidden_size}, {n_rows} rows) fit in "
+                f"max_gram_bytes={bootstrap.max_gram_bytes}; at least {MIN_ALPHA_GROUPS} are needed "
+                "(raise the limit, or pass --bootstrap 0)."
             )
             self.alpha_groups = 1
 
@@ -175,12 +187,18 @@ class StatisticsAccumulator:
         layers["transport_std"] = np.append(transport_std, np.nan)
         layers["transport_status"] = ["ok"] * (self.n_rows - 1) + ["last_layer"]
 
-        replicates, bootstrap_info = self._bootstrap(transport_sums, tokens_per_prompt, progress)
+        ranks = [row["rank"] for row in layer_rows]
+        replicates, bootstrap_info = self._bootstrap(transport_sums, tokens_per_prompt, ranks, progress)
         level = settings.bootstrap.level
         for column in ("alpha", "transport"):
             low, high = _percentile_intervals(replicates, column, self.n_rows, level)
             layers[f"{column}_ci_low"] = low
             layers[f"{column}_ci_high"] = high
+
+        outside = (layers["alpha"] < layers["alpha_ci_low"]) | (layers["alpha"] > layers["alpha_ci_high"])
+        for row in np.flatnonzero(outside.to_numpy()):
+            note = "The bootstrap interval does not contain the estimate (resampling bias), so read it with care."
+            layers.loc[row, "alpha_warning"] = " ".join(filter(None, [layers.loc[row, "alpha_warning"], note]))
 
         prompt_layers = _prompt_layers_table(transport_sums, tokens_per_prompt)
         tables = {
@@ -192,7 +210,11 @@ class StatisticsAccumulator:
         return tables, bootstrap_info, self.warnings
 
     def _bootstrap(
-        self, transport_sums: np.ndarray, tokens_per_prompt: np.ndarray, progress: ProgressCallback | None
+        self,
+        transport_sums: np.ndarray,
+        tokens_per_prompt: np.ndarray,
+        ranks: list[int],
+        progress: ProgressCallback | None,
     ) -> tuple[Any, dict[str, Any]]:
         import pandas as pd
 
@@ -225,7 +247,7 @@ class StatisticsAccumulator:
                 alpha_weights = _draw_group_weights(
                     np.random.default_rng(bootstrap.seed), bootstrap.replicates, self.alpha_groups
                 )
-            alpha_replicates = self._alpha_replicates(alpha_weights, progress)
+            alpha_replicates = self._alpha_replicates(alpha_weights, ranks, progress)
 
         replicate_index = np.repeat(np.arange(bootstrap.replicates), self.n_rows)
         layer_index = np.tile(np.arange(self.n_rows), bootstrap.replicates)
@@ -240,7 +262,7 @@ class StatisticsAccumulator:
         )
         return table, info
 
-    def _alpha_replicates(self, weights: np.ndarray, progress: ProgressCallback | None) -> np.ndarray:
+    def _alpha_replicates(self, weights: np.ndarray, ranks: list[int], progress: ProgressCallback | None) -> np.ndarray:
         import torch
 
         from spinal.metrics import tail_exponent
@@ -248,6 +270,7 @@ class StatisticsAccumulator:
         n_replicates = weights.shape[0]
         center = self.settings.fit.center
         result = np.full((n_replicates, self.n_rows), np.nan)
+        unstable_rows: list[int] = []
         counts = self.group_counts.to(self.gram_device, torch.float64)
         weight_tensor = torch.as_tensor(weights, dtype=torch.float64, device=self.gram_device)
 
@@ -266,11 +289,25 @@ class StatisticsAccumulator:
             replicate_grams = (replicate_grams + replicate_grams.transpose(1, 2)) / 2
             eigenvalues = _batched_singular_values(replicate_grams)
 
+            rank_changed = False
             for replicate in range(n_replicates):
                 fit = tail_exponent(eigenvalues[replicate], self.settings.fit)
                 result[replicate, row] = fit.alpha
+                rank_changed = rank_changed or abs(fit.rank - ranks[row]) > max(1, RANK_TOLERANCE * ranks[row])
+
+            # Drawing groups with replacement repeats tokens. When the tokens do not outnumber
+            # the hidden size, that lowers the rank, moves the fit window, and biases the interval.
+            if rank_changed:
+                result[:, row] = np.nan
+                unstable_rows.append(row)
             _report(progress, "bootstrap", row + 1, self.n_rows)
 
+        if unstable_rows:
+            self.warnings.append(
+                f"Alpha intervals skipped on rows {unstable_rows}: resampling prompt groups changes the "
+                "rank of H there, because the selected tokens barely outnumber the hidden size. "
+                "Use more tokens (more prompts, or --positions skip-first or all)."
+            )
         return result
 
 

@@ -115,11 +115,11 @@ def test_compare_prints_deltas_and_verdict(saved_model, prompt_file, tmp_path, c
     )
 
     assert main(["compare", first, second, "--store", str(store)]) == 0
-    output = capsys.readouterr().out
+    captured = capsys.readouterr()
 
-    assert "d_alpha" in output
-    assert "signature (alpha up and transport down in the band)" in output
-    assert "different trace settings" in output
+    assert "d_alpha" in captured.out
+    assert "signature (alpha up and transport down in the band)" in captured.out
+    assert "different trace settings" in captured.err
 
 
 def test_compare_unknown_run_fails(tmp_path, capsys):
@@ -134,9 +134,14 @@ def test_compare_unknown_run_fails(tmp_path, capsys):
     [
         (["trace", "./no-such-model", "--prompts", "p.txt"], "not found"),
         (["trace", "MODEL", "--prompts", "missing.txt"], "missing.txt"),
-        (["trace", "MODEL", "--prompts", "PROMPTS", "--drop-top", "0.9"], "fit_until"),
-        (["trace", "MODEL", "--prompts", "PROMPTS", "--batch-size", "0"], "batch_size"),
-        (["trace", "MODEL", "--prompts", "PROMPTS", "--max-prompts", "0"], "max_prompts"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--drop-top", "0.9"], "--fit-until 0.5"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--batch-size", "0"], "--batch-size 0"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--max-prompts", "0"], "--max-prompts"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--seed", "-1"], "--seed -1"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--bootstrap", "-1"], "--bootstrap -1"),
+        (["trace", "MODEL", "./missing-second-model", "--prompts", "PROMPTS"], "missing-second-model"),
+        (["trace", "bad id!!", "--prompts", "PROMPTS"], "bad id!!"),
+        (["trace", "MODEL", "--prompts", "PROMPTS", "--no-such-option"], "--no-such-option"),
     ],
 )
 def test_cli_errors_are_one_line(saved_model, prompt_file, tmp_path, arguments, message):
@@ -149,6 +154,63 @@ def test_cli_errors_are_one_line(saved_model, prompt_file, tmp_path, arguments, 
     assert "Traceback" not in completed.stderr
     assert len(completed.stderr.strip().splitlines()) == 1
     assert TraceStore(tmp_path / "store").list_runs() == []
+
+
+def test_two_models_checked_before_tracing(saved_model, prompt_file, tmp_path):
+    completed = run_cli("trace", str(saved_model), str(tmp_path / "missing"), "--prompts", str(prompt_file), "--store", str(tmp_path / "s"))
+
+    assert completed.returncode == 2
+    assert completed.stdout == ""
+
+
+def test_context_overflow_names_max_tokens(tmp_path):
+    model = tmp_path / "tiny-gpt2"
+    save_tiny("gpt2", model)
+    prompts = tmp_path / "long.txt"
+    prompts.write_text(" ".join(["word"] * 400) + "\n", encoding="utf-8")
+
+    completed = run_cli("trace", str(model), "--prompts", str(prompts), "--store", str(tmp_path / "s"))
+
+    assert completed.returncode == 2
+    assert "pass --max-tokens" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_export_to_directory_rejected(saved_model, prompt_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    run_id = traced_run_id(capsys, str(saved_model), "--prompts", str(prompt_file), "--store", str(store), *FAST)
+    target = tmp_path / "out.csv"
+    target.mkdir()
+
+    code = main(["export", run_id, "--out", str(target), "--store", str(store)])
+
+    assert code == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / ".out.csv.partial").exists()
+
+
+def test_runs_reports_damaged_run(saved_model, prompt_file, tmp_path, capsys):
+    store = tmp_path / "store"
+    run_id = traced_run_id(capsys, str(saved_model), "--prompts", str(prompt_file), "--store", str(store), *FAST)
+    (store / "runs" / run_id / "layers.parquet").unlink()
+
+    main(["runs", "--store", str(store)])
+    listing = capsys.readouterr()
+    code = main(["export", run_id, "--out", str(tmp_path / "x.csv"), "--store", str(store)])
+
+    assert "is damaged" in listing.err
+    assert code == 2
+    assert "is damaged" in capsys.readouterr().err
+
+
+def test_store_path_that_is_a_file_rejected(tmp_path, capsys):
+    path = tmp_path / "file"
+    path.write_text("x")
+
+    code = main(["runs", "--store", str(path)])
+
+    assert code == 2
+    assert "not a directory" in capsys.readouterr().err
 
 
 def test_cli_debug_shows_traceback(tmp_path):
