@@ -89,7 +89,7 @@ class PromptSet:
         for index, text in enumerate(items):
             if not isinstance(text, str):
                 raise PromptSetError(
-                    f"prompt {index} of {source} is a {type(text).__name__}, expected a string."
+                    f"prompt {index} of {source} has type {type(text).__name__}, expected a string."
                 )
 
             if not text.strip():
@@ -368,7 +368,7 @@ def _plain_prompt(path: Path, line_number: int, row: dict[str, Any]) -> str:
     value = row[key]
     if not isinstance(value, str):
         raise PromptSetError(
-            f"{path} line {line_number}: '{key}' is a {type(value).__name__}, expected a string."
+            f"{path} line {line_number}: '{key}' has type {type(value).__name__}, expected a string."
         )
 
     return value

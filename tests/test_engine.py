@@ -406,3 +406,27 @@ def test_revision_with_local_directory_rejected(saved_llama, prompt_file, tmp_pa
         trace(str(saved_llama), prompt_file, store=store, settings=FAST_SETTINGS, revision="main")
 
     assert_store_empty(store)
+
+
+def test_positions_last_drops_biased_alpha_intervals(llama):
+    settings = TraceSettings(tokens=TokenSettings(positions="last"), bootstrap=BootstrapSettings(replicates=30, groups=8))
+    few = PromptSet.from_texts([f"prompt {index} ends with word {index * 5}" for index in range(24)], source="memory", format="memory")
+
+    computed = compute_trace(llama, few, settings=settings)
+    layers = computed.tables["layers"]
+
+    assert layers["alpha_ci_low"].isna().all()
+    assert any("changes the rank" in warning for warning in computed.warnings)
+
+
+def test_alpha_interval_contains_estimate(llama):
+    many = PromptSet.from_texts(
+        [f"sentence {index} about a dog, a cat and the number {index * 7}" for index in range(48)], source="memory", format="memory"
+    )
+    settings = TraceSettings(bootstrap=BootstrapSettings(replicates=50, groups=8))
+
+    layers = compute_trace(llama, many, settings=settings).tables["layers"]
+    inside = (layers["alpha_ci_low"] <= layers["alpha"]) & (layers["alpha"] <= layers["alpha_ci_high"])
+    flagged = layers["alpha_warning"].str.contains("does not contain the estimate")
+
+    assert (inside | flagged).all()

@@ -174,7 +174,7 @@ def test_jsonl_row_without_prompt(tmp_path):
 def test_jsonl_non_string_prompt(tmp_path):
     path = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": [{"role": "user", "content": "hi"}]}])
 
-    with pytest.raises(PromptSetError, match="line 1: 'prompt' is a list, expected a string"):
+    with pytest.raises(PromptSetError, match="line 1: 'prompt' has type list, expected a string"):
         load_prompts(path)
 
 
@@ -369,7 +369,7 @@ def test_from_texts_rejects_empty():
 
 
 def test_from_texts_rejects_non_string():
-    with pytest.raises(PromptSetError, match="prompt 1 of in-memory is a int"):
+    with pytest.raises(PromptSetError, match="prompt 1 of in-memory has type int"):
         PromptSet.from_texts(["ok", 3])
 
 
