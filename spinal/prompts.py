@@ -428,7 +428,13 @@ def register_builtin(name: str, factory: Callable[[], PromptSet], *, replace: bo
 
 def builtin_prompt_sets() -> dict[str, Callable[[], PromptSet]]:
     """Return a copy of the registry: name to factory."""
+    _register_package_builtins()
     return dict(_BUILTINS)
+
+
+def _register_package_builtins() -> None:
+    """Import the modules that register SPINAL's own built-in sets (the demo's held-out prompts)."""
+    import spinal.demo  # noqa: F401  (registers builtin:pydoc-heldout; imports no torch)
 
 
 def load_builtin(name: str) -> PromptSet:
@@ -437,6 +443,7 @@ def load_builtin(name: str) -> PromptSet:
     Raises:
         PromptSetError: When no set of that name is registered.
     """
+    _register_package_builtins()
     factory = _BUILTINS.get(name)
     if factory is None:
         available = ", ".join(sorted(_BUILTINS)) or "none"
