@@ -148,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--max-prompts", type=int, default=None, help="Use only the first N prompts.")
     trace.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit) for hub ids.")
     trace.add_argument("--label", default=None, help="Display name of the run (one model only).")
+    trace.add_argument(
+        "--checkpoints",
+        action="store_true",
+        help="Trace the checkpoint-N folders inside each MODEL directory as one training series "
+        "(automatic for a directory that has checkpoint-N folders and no config.json).",
+    )
+    trace.add_argument("--series-name", default=None, help="Name of the training series (default: the directory's name).")
     trace.add_argument("--trust-remote-code", action="store_true", help="Allow Python code shipped with the checkpoint to run.")
     trace.add_argument("--allow-pickle", action="store_true", help="Allow pickled .bin weights when a checkpoint has no safetensors.")
     _add_trace_settings(trace)
@@ -194,13 +201,14 @@ def command_trace(args: argparse.Namespace) -> int:
     if args.label and len(args.models) > 1:
         raise SpinalError(f"--label applies to one model, but {len(args.models)} were given: drop --label or trace them one by one.")
 
-    for model in args.models:
-        check_model_source(model, revision=args.revision, allow_pickle=args.allow_pickle)
+    jobs = _trace_jobs(args)
+    for source, _series, _label in jobs:
+        check_model_source(source, revision=args.revision, allow_pickle=args.allow_pickle)
 
     store = _open_store(args.store)
-    for model in args.models:
+    for source, series, label in jobs:
         result = trace(
-            model,
+            source,
             args.prompts,
             store=store,
             settings=settings,
@@ -211,13 +219,39 @@ def command_trace(args: argparse.Namespace) -> int:
             revision=args.revision,
             trust_remote_code=args.trust_remote_code,
             allow_pickle=args.allow_pickle,
-            label=args.label,
+            label=label,
+            series=series,
         )
         origin = "stored" if result.cached else "computed"
-        print(f"{result.run_id}\t{origin}\t{result.run.manifest.get('label', model)}", flush=True)
+        print(f"{result.run_id}\t{origin}\t{result.run.manifest.get('label', source)}", flush=True)
         for warning in result.run.manifest.get("warnings", []):
             print(f"warning: run {result.run_id}: {warning}", file=sys.stderr)
     return 0
+
+
+def _trace_jobs(args: argparse.Namespace) -> list[tuple[str, dict | None, str | None]]:
+    """Expand the MODEL arguments into (source, series, label) triples, one per checkpoint."""
+    from spinal.engine import find_series_checkpoints
+
+    jobs: list[tuple[str, dict | None, str | None]] = []
+    for model in args.models:
+        path = Path(model).expanduser()
+        expand = path.is_dir() and (args.checkpoints or not (path / "config.json").is_file())
+        checkpoints = find_series_checkpoints(path, name=args.series_name) if expand else []
+
+        if checkpoints:
+            for checkpoint in checkpoints:
+                series = checkpoint.series
+                jobs.append((str(checkpoint.path), series, f"{series['name']} step {series['step']}"))
+        elif args.checkpoints:
+            raise SpinalError(
+                f"{model} has no checkpoint-N folders with a config.json: drop --checkpoints, "
+                "or pass the Trainer's output_dir."
+            )
+        else:
+            jobs.append((model, None, args.label))
+
+    return jobs
 
 
 def command_runs(args: argparse.Namespace) -> int:

@@ -17,9 +17,11 @@ Torch and transformers are imported inside the functions that need them, so a ca
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -121,6 +123,8 @@ def trace(
     allow_pickle: bool = False,
     label: str | None = None,
     progress: ProgressCallback | None = None,
+    loader: Callable[..., LoadedModel] | None = None,
+    series: dict[str, Any] | None = None,
 ) -> TraceResult:
     """Trace a checkpoint on a prompt set, or return the stored run for the same request.
 
@@ -138,6 +142,10 @@ def trace(
         allow_pickle: Allow pickled (``.bin``) weights when no safetensors exist.
         label: Display name of the run; defaults to the checkpoint's folder or hub name.
         progress: Optional progress callback.
+        loader: Replacement for ``spinal.adapters.load_model`` with the same signature, for
+            callers that keep loaded models in a cache (the dashboard).
+        series: Training-series position ``{"name", "step", "epoch"}`` when the checkpoint is
+            one save of a training run, or None.
 
     Returns:
         The trace result; ``cached`` is True when the model was not loaded at all.
@@ -164,6 +172,7 @@ def trace(
         settings=settings,
         device=device,
         dtype=dtype,
+        series=series,
     )
     aliased_run_id = store.alias(request)
     if aliased_run_id is not None:
@@ -185,6 +194,7 @@ def trace(
         settings=settings,
         device_type=resolved_device.type,
         dtype=_dtype_name(resolved_dtype),
+        series=series,
     )
 
     with store.lock(key):
@@ -195,7 +205,7 @@ def trace(
 
         _report(progress, "load", 0, 1)
         load_start = time.perf_counter()
-        loaded = load_model(
+        loaded = (loader or load_model)(
             str(model_dir),
             revision=None,
             device=str(resolved_device),
@@ -217,7 +227,7 @@ def trace(
             label=label or _default_label(source),
             key=key,
             fingerprint=fingerprint,
-            series=None,
+            series=series,
             progress=progress,
             load_seconds=load_seconds,
             trust_remote_code=trust_remote_code,
@@ -685,6 +695,64 @@ def _build_manifest(
         "series": series,
         "warnings": warnings,
     }
+
+
+CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)")
+"""Folder names that transformers' Trainer gives its saves: checkpoint-<global step>."""
+
+
+@dataclass(frozen=True)
+class SeriesCheckpoint:
+    """One save of a training run, found in a Trainer output directory.
+
+    Attributes:
+        path: The checkpoint-N folder.
+        series: ``{"name", "step", "epoch"}`` for the trace manifest.
+    """
+
+    path: Path
+    series: dict[str, Any]
+
+
+def find_series_checkpoints(directory: str | Path, name: str | None = None) -> list[SeriesCheckpoint]:
+    """List the checkpoint-N folders of a Trainer output directory, ordered by step.
+
+    Args:
+        directory: A Trainer ``output_dir``.
+        name: Series name; defaults to the directory's name.
+
+    Returns:
+        One entry per checkpoint folder that contains a config.json; empty when there is none.
+        The epoch comes from the folder's trainer_state.json when present.
+    """
+    root = Path(directory).expanduser()
+    if not root.is_dir():
+        return []
+
+    found = []
+    for child in root.iterdir():
+        match = CHECKPOINT_PATTERN.fullmatch(child.name)
+        if match is None or not (child / "config.json").is_file():
+            continue
+
+        found.append(
+            SeriesCheckpoint(
+                path=child,
+                series={"name": name or root.resolve().name, "step": int(match.group(1)), "epoch": _trainer_epoch(child)},
+            )
+        )
+
+    return sorted(found, key=lambda checkpoint: checkpoint.series["step"])
+
+
+def _trainer_epoch(checkpoint: Path) -> float | None:
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+    epoch = state.get("epoch") if isinstance(state, dict) else None
+    return float(epoch) if isinstance(epoch, (int, float)) else None
 
 
 def check_model_source(source: str, *, revision: str | None = None, allow_pickle: bool = False) -> None:

@@ -249,3 +249,26 @@ def test_real_checkpoint_trace_and_stored_repeat(tmp_path):
     assert f"{run_id}\tstored" in second.stdout
     assert "torch not imported" in second.stdout
     print(f"stored repeat: {elapsed:.2f} s in a fresh interpreter; {second.stdout.split()[-4]} s after start-up")
+
+
+def test_trace_checkpoint_folders_form_series(prompt_file, tmp_path, capsys):
+    output_dir = tmp_path / "dpo-run"
+    for step, seed in ((4, 1), (2, 0)):
+        save_tiny("llama", output_dir / f"checkpoint-{step}", seed=seed)
+        (output_dir / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"epoch": step / 4}))
+    store = tmp_path / "store"
+
+    assert main(["trace", str(output_dir), "--prompts", str(prompt_file), "--store", str(store), *FAST]) == 0
+    run_ids = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
+    series = [TraceStore(store).get(run_id).manifest["series"] for run_id in run_ids]
+
+    assert [entry["step"] for entry in series] == [2, 4]
+    assert {entry["name"] for entry in series} == {"dpo-run"}
+    assert series[1]["epoch"] == 1.0
+
+
+def test_checkpoints_flag_without_checkpoints_fails(saved_model, prompt_file, tmp_path, capsys):
+    code = main(["trace", str(saved_model), "--checkpoints", "--prompts", str(prompt_file), "--store", str(tmp_path / "s")])
+
+    assert code == 2
+    assert "no checkpoint-N folders" in capsys.readouterr().err
