@@ -386,7 +386,15 @@ def command_demo(args: argparse.Namespace) -> int:
     print(f"Demo ready: {len(result.run_ids)} runs in {store.root}")
     if args.no_dashboard:
         return 0
-    return _start_dashboard(store.root, args.port)
+
+    from spinal.dashboard import PARAM_REFERENCE, PARAM_RUNS, PARAM_TARGET
+
+    view = {
+        PARAM_RUNS: ",".join([result.base_run_id, result.aligned_run_id]),
+        PARAM_REFERENCE: result.base_run_id,
+        PARAM_TARGET: result.aligned_run_id,
+    }
+    return _start_dashboard(store.root, args.port, page="compare", view=view)
 
 
 def command_dashboard(args: argparse.Namespace) -> int:
@@ -395,8 +403,9 @@ def command_dashboard(args: argparse.Namespace) -> int:
     return _start_dashboard(store.root, args.port)
 
 
-def _start_dashboard(store_root: Path, port: int) -> int:
+def _start_dashboard(store_root: Path, port: int, page: str = "", view: dict[str, str] | None = None) -> int:
     import subprocess
+    from urllib.parse import urlencode
 
     app = Path(__file__).resolve().parent.parent / "app.py"
     if not app.is_file():
@@ -410,7 +419,8 @@ def _start_dashboard(store_root: Path, port: int) -> int:
         "--server.headless", "true",
         "--browser.gatherUsageStats", "false",
     ]
-    print(f"Dashboard on http://127.0.0.1:{port} (store {store_root}); stop with Ctrl+C")
+    query = f"?{urlencode(view)}" if view else ""
+    print(f"Dashboard on http://127.0.0.1:{port}/{page}{query} (store {store_root}); stop with Ctrl+C", flush=True)
     try:
         return subprocess.call(command, env=environment, cwd=app.parent)
     except KeyboardInterrupt:
