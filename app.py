@@ -21,6 +21,7 @@ PAGES = {
         st.Page("views/heatmaps.py", title="Heatmaps"),
         st.Page("views/compare.py", title="Compare"),
         st.Page("views/side_by_side.py", title="Side by side"),
+        st.Page("views/training.py", title="Training"),
     ],
     "Tools": [
         st.Page("views/trace.py", title="Trace"),

@@ -26,12 +26,15 @@ from streamlit.testing.v1 import AppTest
 
 from spinal.store import TraceStore
 
-PAGES = ["overview", "trajectories", "heatmaps", "compare", "side_by_side", "trace", "export"]
+PAGES = ["overview", "trajectories", "heatmaps", "compare", "side_by_side", "training", "trace", "export"]
 BUDGET_S = 1.0
 
 
 def build_store(root: Path, count: int) -> TraceStore:
-    """Write ``count`` synthetic runs of a 12-block model (64 prompts, 200 replicates) to ``root``."""
+    """Write ``count`` synthetic runs of a 12-block model (64 prompts, 200 replicates) to ``root``.
+
+    The runs form one training series (steps 0 to count - 1), so the Training page draws all of them.
+    """
     from synthetic_runs import make_run, write_run
 
     store = TraceStore(root)

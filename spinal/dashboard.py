@@ -1,7 +1,8 @@
 """Streamlit glue shared by ``app.py`` and the pages: sidebar selection, cached reads, messages.
 
-The selection (store, runs, reference, target, depth axis, terminal band) is kept in widget
-state and mirrored into ``st.query_params`` on every run, so a copied URL reopens the same view.
+The selection (store, runs, reference, target, depth axis, terminal band, and the training
+series of the Training page) is kept in session state and mirrored into ``st.query_params`` on
+every run, so a copied URL reopens the same view.
 Run lists come from manifests only, and tables are read once per run and cached, because runs
 are immutable. Nothing here imports torch.
 """
@@ -32,6 +33,7 @@ PARAM_REFERENCE = "ref"
 PARAM_TARGET = "target"
 PARAM_AXIS = "axis"
 PARAM_BAND = "band"
+PARAM_SERIES = "series"
 
 _KEY_STORE = "selection_store"
 _KEY_RUNS = "selection_runs"
@@ -39,6 +41,9 @@ _KEY_REFERENCE = "selection_reference"
 _KEY_TARGET = "selection_target"
 _KEY_AXIS = "selection_axis"
 _KEY_BAND = "selection_band"
+# Not a widget key: Streamlit drops a widget's state on pages that do not draw it, and the
+# series must survive visits to other pages.
+_KEY_SERIES = "selection_series"
 _KEY_SEEDED = "selection_seeded_from_url"
 _KEY_SELECTION = "selection"
 
@@ -170,6 +175,8 @@ def _seed_from_url() -> None:
     band = _parse_band(params.get(PARAM_BAND))
     if band is not None:
         st.session_state[_KEY_BAND] = band
+    if params.get(PARAM_SERIES):
+        st.session_state[_KEY_SERIES] = params[PARAM_SERIES]
 
     st.session_state[_KEY_SEEDED] = True
 
@@ -323,6 +330,8 @@ def _write_url(selection: Selection) -> None:
         params[PARAM_TARGET] = selection.target
     params[PARAM_AXIS] = selection.axis
     params[PARAM_BAND] = f"{selection.band[0]:.2f},{selection.band[1]:.2f}"
+    if st.session_state.get(_KEY_SERIES):
+        params[PARAM_SERIES] = st.session_state[_KEY_SERIES]
 
     if dict(st.query_params) != params:
         st.query_params.from_dict(params)
@@ -335,6 +344,24 @@ def current_selection() -> Selection:
         selection = render_sidebar()
 
     return selection
+
+
+def selected_series() -> str | None:
+    """Return the key of the training series picked on the Training page or named in the URL."""
+    return st.session_state.get(_KEY_SERIES)
+
+
+def set_selected_series(series_key: str | None) -> None:
+    """Remember the Training page's series for this session and write it to the URL at once."""
+    if series_key:
+        st.session_state[_KEY_SERIES] = series_key
+        if st.query_params.get(PARAM_SERIES) != series_key:
+            st.query_params[PARAM_SERIES] = series_key
+        return
+
+    st.session_state.pop(_KEY_SERIES, None)
+    if PARAM_SERIES in st.query_params:
+        del st.query_params[PARAM_SERIES]
 
 
 def open_runs(selection: Selection, run_ids: Sequence[str] | None = None) -> list[CachedRun]:

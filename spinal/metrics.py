@@ -177,13 +177,17 @@ def spectrum_from_gram(gram: Any, column_sums: Any, count: float, center: bool) 
     Returns:
         Singular values in descending order, shape (hidden,), float64.
     """
-    gram = _to_float64_numpy(gram)
-    if center and count > 0:
-        sums = _to_float64_numpy(column_sums)
-        gram = gram - np.outer(sums, sums) / float(count)
+    import torch
 
+    gram = torch.as_tensor(_to_float64_numpy(gram))
+    if center and count > 0:
+        sums = torch.as_tensor(_to_float64_numpy(column_sums))
+        gram = gram - torch.outer(sums, sums) / float(count)
+
+    # torch's eigvalsh, not numpy's: mixing numpy's OpenBLAS threads with torch's thread pool in
+    # one process made traces several times slower on a 2-core machine.
     gram = (gram + gram.T) / 2.0
-    eigenvalues = np.linalg.eigvalsh(gram)
+    eigenvalues = torch.linalg.eigvalsh(gram).numpy()
     return np.sqrt(np.clip(eigenvalues, 0.0, None))[::-1].copy()
 
 

@@ -315,12 +315,9 @@ def _batched_singular_values(grams: torch.Tensor) -> np.ndarray:
     """Return the square roots of the eigenvalues of a batch of Gram matrices, shape (batch, hidden)."""
     import torch
 
-    # On the CPU, numpy's LAPACK eigvalsh was 3-4x faster than torch's batched one
-    # (200 matrices of 256 x 256, float64, torch 2.13, numpy 2.4, 2 cores).
-    if grams.device.type == "cpu":
-        eigenvalues = np.linalg.eigvalsh(grams.numpy())
-    else:
-        eigenvalues = torch.linalg.eigvalsh(grams).cpu().numpy()
+    # torch, not numpy: on a 2-core machine, numpy's OpenBLAS threads and torch's OpenMP threads
+    # competed for the cores when both ran in one trace, slowing the whole trace 5x or more.
+    eigenvalues = torch.linalg.eigvalsh(grams).cpu().numpy()
     return np.sqrt(np.clip(eigenvalues, 0.0, None))
 
 

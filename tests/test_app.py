@@ -27,11 +27,12 @@ import spinal.jobs
 from spinal.errors import PromptSetError
 from spinal.jobs import JobOutcome, JobRegistry
 from spinal.settings import BootstrapSettings, TokenSettings, TraceSettings
+from spinal.stats import terminal_band_mask
 from spinal.store import TraceStore
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-PAGES = ["overview", "trajectories", "heatmaps", "compare", "side_by_side", "trace", "export"]
+PAGES = ["overview", "trajectories", "heatmaps", "compare", "side_by_side", "training", "trace", "export"]
 VIEW_PAGES = ["trajectories", "heatmaps", "compare", "side_by_side", "export"]
 TIMEOUT_S = 60
 XSS_LABEL = "<script>alert(1)</script>"
@@ -525,6 +526,308 @@ def test_export_other_depth_skips_comparison(synthetic_store):
     roles = synthetic_store.roles
     at = open_app(synthetic_store, "export", runs=f"{roles['reference']},{roles['deeper']}", ref=roles["reference"], target=roles["deeper"])
     assert any(warning.startswith("No comparison figures") for warning in texts(at.warning))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: a real series from the tiny demo build (pretraining and TRL DPO, traced)
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory):
+    """A store containing the tiny demo's series: the base model (step 0) and its DPO checkpoints."""
+    from spinal.demo import DemoConfig, build_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    store = TraceStore(root / "store")
+    store.demo = build_demo(root / "build", store, progress=False, config=DemoConfig.tiny())
+    return store
+
+
+def _demo_steps(store: TraceStore) -> list[int]:
+    return [0, *sorted(store.demo.checkpoint_run_ids)]
+
+
+def _band_mean(layers, metric: str, band: tuple[float, float]) -> float:
+    status = layers[f"{metric}_status"].to_numpy()
+    usable = terminal_band_mask(layers["depth"].to_numpy(), band) & (status == "ok")
+    return float(layers[metric].to_numpy()[usable].mean()) if usable.any() else float("nan")
+
+
+def _band_chart(at: AppTest) -> dict:
+    return next(spec for spec in charts(at) if spec["data"][0]["type"] == "scatter")
+
+
+def _trace_named(spec: dict, name: str) -> dict:
+    return next(trace for trace in spec["data"] if trace.get("name") == name)
+
+
+def test_training_demo_runs_without_exception(demo_store):
+    assert_no_exception(open_app(demo_store, "training"))
+
+
+def test_training_demo_default_series(demo_store):
+    at = open_app(demo_store, "training")
+    assert at.selectbox(key="training_series").value == demo_store.demo.series_name
+
+
+def test_training_demo_chart_types(demo_store):
+    specs = charts(open_app(demo_store, "training"))
+    assert [spec["data"][0]["type"] for spec in specs] == ["scatter", "heatmap", "heatmap"]
+
+
+def test_training_demo_heatmap_x_is_step(demo_store):
+    heatmap = charts(open_app(demo_store, "training"))[1]["data"][0]
+    assert list(decode(heatmap["x"])) == _demo_steps(demo_store)
+
+
+def test_training_demo_heatmap_matches_store(demo_store):
+    heatmap = charts(open_app(demo_store, "training"))[1]["data"][0]
+    for column, run_id in enumerate(demo_store.demo.run_ids):
+        layers = demo_store.get(run_id).layers
+        expected = np.where(layers["alpha_status"] == "ok", layers["alpha"], np.nan)
+        np.testing.assert_allclose(decode(heatmap["z"])[:, column], expected)
+
+
+def test_training_demo_transport_heatmap_last_gap(demo_store):
+    heatmap = charts(open_app(demo_store, "training"))[2]["data"][0]
+    assert np.isnan(decode(heatmap["z"])[-1]).all()
+
+
+def test_training_demo_heatmap_axis_titles(demo_store):
+    layout = charts(open_app(demo_store, "training"))[1]["layout"]
+    assert layout["xaxis"]["title"]["text"] == "training step"
+    assert layout["yaxis"]["title"]["text"] == "layer (0 = embedding output, L = last block)"
+
+
+def test_training_demo_depth_axis(demo_store):
+    heatmap = charts(open_app(demo_store, "training", axis="depth"))[1]["data"][0]
+    n_layers = demo_store.get(demo_store.demo.base_run_id).manifest["model"]["n_layers"]
+    np.testing.assert_allclose(decode(heatmap["y"]), np.arange(n_layers + 1) / n_layers)
+
+
+def test_training_demo_heatmap_hover(demo_store):
+    heatmap = charts(open_app(demo_store, "training"))[1]["data"][0]
+    assert heatmap["customdata"][0][0].startswith("step 0 (epoch 0)<br>layer 0 (depth 0.00)<br>alpha ")
+
+
+def test_training_demo_band_alpha_matches_store(demo_store):
+    spec = _band_chart(open_app(demo_store, "training"))
+    expected = [_band_mean(demo_store.get(run_id).layers, "alpha", (0.67, 1.0)) for run_id in demo_store.demo.run_ids]
+    np.testing.assert_allclose(decode(_trace_named(spec, "band mean alpha")["y"]), expected)
+
+
+def test_training_demo_band_transport_full_band(demo_store):
+    spec = _band_chart(open_app(demo_store, "training", band="0.00,1.00"))
+    expected = [_band_mean(demo_store.get(run_id).layers, "transport", (0.0, 1.0)) for run_id in demo_store.demo.run_ids]
+    np.testing.assert_allclose(decode(_trace_named(spec, "band mean transport")["y"]), expected)
+
+
+def test_training_demo_band_interval_from_replicates(demo_store):
+    spec = _band_chart(open_app(demo_store, "training"))
+    run = demo_store.get(demo_store.demo.base_run_id)
+    band_layers = run.layers["layer"][terminal_band_mask(run.layers["depth"].to_numpy(), (0.67, 1.0))].to_numpy()
+    means = run.replicates.pivot(index="replicate", columns="layer", values="alpha")[band_layers].mean(axis=1)
+    low, high = np.quantile(means, [0.025, 0.975])
+    polygon = decode(next(trace for trace in spec["data"] if trace.get("name") == "interval")["y"])
+    assert np.isclose(polygon, low).any()
+    assert np.isclose(polygon, high).any()
+
+
+def test_training_demo_empty_transport_band_explained(demo_store):
+    at = open_app(demo_store, "training")
+    assert "No layer of the terminal band has a usable transport value" in " ".join(texts(at.info))
+
+
+def test_training_demo_full_band_no_empty_note(demo_store):
+    at = open_app(demo_store, "training", band="0.00,1.00")
+    assert "No layer of the terminal band" not in " ".join(texts(at.info))
+
+
+def test_training_demo_departure_metrics(demo_store):
+    at = open_app(demo_store, "training", band="0.00,1.00")
+    assert [metric.label for metric in at.metric] == ["First departure of band alpha", "First departure of band transport"]
+
+
+def test_training_demo_series_in_url(demo_store):
+    at = open_app(demo_store, "training")
+    assert at.query_params["series"] == demo_store.demo.series_name
+
+
+def test_training_demo_rule_explained(demo_store):
+    at = open_app(demo_store, "training")
+    assert "not a statistical test" in " ".join(element.value for element in at.markdown)
+
+
+def test_training_demo_band_title(demo_store):
+    spec = _band_chart(open_app(demo_store, "training"))
+    assert spec["layout"]["title"]["text"] == "Terminal band (relative depth 0.67 to 1.00) against step: demo-dpo"
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: constructed series
+
+
+def _write_series(store: TraceStore, name: str, steps, *, created: str, shifts=None, **options) -> list[str]:
+    shifts = shifts or [0.0] * len(steps)
+    run_ids = []
+    for step, shift in zip(steps, shifts, strict=True):
+        run = make_run(f"{name} step {step}", seed=step + 1, alpha_shift=shift, series={"name": name, "step": step, "epoch": None}, **options)
+        run.manifest["created"] = created
+        run_ids.append(write_run(store, run).run_id)
+
+    return run_ids
+
+
+@pytest.fixture(scope="module")
+def series_store(tmp_path_factory):
+    """An older 3-step series and a newer 5-step one whose alpha jumps by 0.1 at step 40."""
+    store = TraceStore(tmp_path_factory.mktemp("series-store"))
+    store.older = _write_series(store, "older", [0, 1, 2], created="2025-01-01T00:00:00+00:00")
+    store.newer = _write_series(
+        store, "sft", [0, 10, 20, 30, 40], created="2025-02-01T00:00:00+00:00", shifts=[0, 0, 0, 0, 0.1], failed_layers=(0,)
+    )
+    return store
+
+
+def test_training_empty_store_says_what_next(empty_store):
+    message = " ".join(texts(open_app(empty_store, "training").info))
+    for hint in ("spinal demo", "spinal.callbacks.SpinalCallback", "spinal trace OUTPUT_DIR"):
+        assert hint in message
+
+
+def test_training_store_without_series(synthetic_store):
+    message = " ".join(texts(open_app(synthetic_store, "training").info))
+    assert "has no training series" in message
+
+
+def test_training_store_without_series_no_chart(synthetic_store):
+    assert charts(open_app(synthetic_store, "training")) == []
+
+
+def test_training_single_run_series(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "lonely", [7], created="2025-01-01T00:00:00+00:00")
+    at = open_app(store, "training")
+    assert "A series needs at least two steps" in " ".join(texts(at.info))
+
+
+def test_training_single_run_series_no_chart(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "lonely", [7], created="2025-01-01T00:00:00+00:00")
+    assert charts(open_app(store, "training")) == []
+
+
+def test_training_newest_without_selection(series_store):
+    at = open_app(series_store, "training", runs="")
+    assert at.selectbox(key="training_series").value == "sft"
+
+
+def test_training_default_follows_sidebar(series_store):
+    at = open_app(series_store, "training", runs=",".join(series_store.older[:2]))
+    assert at.selectbox(key="training_series").value == "older"
+
+
+def test_training_url_restores_series(series_store):
+    at = open_app(series_store, "training", runs="", series="older")
+    assert at.selectbox(key="training_series").value == "older"
+
+
+def test_training_url_unknown_series_ignored(series_store):
+    at = open_app(series_store, "training", runs="", series="no-such-series")
+    assert at.query_params["series"] == "sft"
+
+
+def test_training_pick_written_to_url(series_store):
+    at = open_app(series_store, "training", runs="")
+    at.selectbox(key="training_series").set_value("older").run()
+    assert at.query_params["series"] == "older"
+
+
+def test_training_series_survives_page_switch(series_store):
+    at = open_app(series_store, "training", runs="")
+    at.selectbox(key="training_series").set_value("older").run()
+    at.switch_page("views/heatmaps.py").run()
+    at.switch_page("views/training.py").run()
+    assert at.selectbox(key="training_series").value == "older"
+
+
+def test_training_step_change_marked(series_store):
+    at = open_app(series_store, "training", series="sft")
+    assert at.metric[0].value == "step 40"
+
+
+def test_training_step_change_line(series_store):
+    spec = _band_chart(open_app(series_store, "training", series="sft"))
+    assert [(shape["x0"], shape["line"]["dash"]) for shape in spec["layout"]["shapes"]] == [(40, "dash")]
+
+
+def test_training_step_change_label(series_store):
+    spec = _band_chart(open_app(series_store, "training", series="sft"))
+    assert "departs from running baseline (step 40, k = 3)" in [note["text"] for note in spec["layout"]["annotations"]]
+
+
+def test_training_flat_series_no_departure(series_store):
+    at = open_app(series_store, "training", series="sft")
+    assert at.metric[1].value == "no departure"
+
+
+def test_training_larger_k_hides_change(series_store):
+    at = open_app(series_store, "training", series="sft")
+    at.number_input(key="training_k").set_value(20.0).run()
+    assert at.metric[0].value == "no departure"
+
+
+def test_training_short_series_too_few_steps(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "pair", [0, 5], created="2025-01-01T00:00:00+00:00")
+    at = open_app(store, "training")
+    assert [metric.value for metric in at.metric] == ["too few steps", "too few steps"]
+
+
+def test_training_failed_fit_is_gap(series_store):
+    heatmap = charts(open_app(series_store, "training", series="sft"))[1]["data"][0]
+    assert np.isnan(decode(heatmap["z"])[0]).all()
+
+
+def test_training_failed_fit_listed(series_store):
+    at = open_app(series_store, "training", series="sft")
+    assert at.expander[-1].label == "5 layer(s) without an alpha fit (shown as gaps)"
+
+
+def test_training_split_series_warns(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "mixed", [0, 1], created="2025-01-01T00:00:00+00:00")
+    _write_series(store, "mixed", [2, 3], created="2025-01-02T00:00:00+00:00", n_layers=9)
+    at = open_app(store, "training")
+    assert "differ in layer count" in " ".join(texts(at.warning))
+
+
+def test_training_split_series_both_offered(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "mixed", [0, 1], created="2025-01-01T00:00:00+00:00")
+    _write_series(store, "mixed", [2, 3], created="2025-01-02T00:00:00+00:00", n_layers=9)
+    assert len(open_app(store, "training").selectbox(key="training_series").options) == 2
+
+
+def test_training_without_intervals_stated(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "no-bootstrap", [0, 1, 2], created="2025-01-01T00:00:00+00:00", replicates=0)
+    at = open_app(store, "training")
+    assert "No bootstrap interval for band alpha at 3 step(s)" in " ".join(texts(at.info))
+
+
+def test_training_without_intervals_hollow(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, "no-bootstrap", [0, 1, 2], created="2025-01-01T00:00:00+00:00", replicates=0)
+    trace = _trace_named(_band_chart(open_app(store, "training")), "band mean alpha")
+    assert trace["marker"]["symbol"] == ["circle-open"] * 3
+
+
+def test_training_markup_never_raw(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    _write_series(store, XSS_LABEL, [0, 1, 2], created="2025-01-01T00:00:00+00:00")
+    at = open_app(store, "training")
+    assert all(XSS_LABEL not in element.proto.spec for element in at.get("plotly_chart"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Visits every page, waits for the Plotly charts (WebGL canvas for 3D), checks that no Streamlit
 exception box and no console error appears, and saves a screenshot per page under
-test-artifacts/browser/. Requests to any host other than 127.0.0.1 are blocked and reported.
+test-artifacts/browser/. The store contains a five-step training series for the Training page. Requests to any host other than 127.0.0.1 are blocked and reported.
 Skipped where /usr/bin/chromium is missing.
 """
 
@@ -38,6 +38,7 @@ CHROMIUM_ARGS = [
 START_TIMEOUT_S = 60
 PAGE_TIMEOUT_MS = 60_000
 XSS_LABEL = "<script>alert(1)</script>"
+SERIES_STEPS = (0, 50, 100, 150, 200)
 
 # Page url path -> (number of Plotly charts, whether one of them is 3D).
 PAGES = {
@@ -46,6 +47,7 @@ PAGES = {
     "heatmaps": (3, False),
     "compare": (2, False),
     "side_by_side": (3, False),
+    "training": (3, False),
     "trace": (0, False),
     "export": (0, False),
 }
@@ -83,6 +85,9 @@ def browser_store(tmp_path_factory):
     store = TraceStore(tmp_path_factory.mktemp("browser-store"))
     runs = seed_store(store)
     hostile = write_run(store, make_run(XSS_LABEL, seed=5, alpha_shift=0.2, failed_layers=(0,)))
+    for step in SERIES_STEPS:
+        shift = 0.3 if step >= SERIES_STEPS[-2] else 0.0
+        write_run(store, make_run(f"dpo-run step {step}", seed=10 + step, alpha_shift=shift, series={"name": "dpo-run", "step": step, "epoch": None}))
     roles = {role: run.run_id for role, run in runs.items()}
     roles["hostile"] = hostile.run_id
     return store, roles
@@ -251,6 +256,10 @@ def test_trajectories_draw_webgl(visited):
 
 def test_deep_link_uses_app_navigation(visited):
     assert "Trajectories" in visited["compare"]["navigation"]
+
+
+def test_training_page_names_series(visited):
+    assert "series=dpo-run" in visited["training"]["url"]
 
 
 def test_url_keeps_selection(visited, browser_store):
