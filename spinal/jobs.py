@@ -22,7 +22,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from spinal.errors import SpinalError
@@ -367,93 +366,41 @@ def _free_memory() -> None:
 
 
 def run_engine_trace(request: TraceRequest, progress: ProgressCallback, models: ModelCache | None = None) -> JobOutcome:
-    """Compute ``request`` with ``spinal.engine`` and return the stored run.
+    """Compute ``request`` with ``spinal.engine.trace`` and return the stored run.
 
-    Without ``models`` this is ``spinal.engine.trace``. With ``models``, a local checkpoint is
-    loaded through the cache and traced with ``trace_loaded``. The request alias is checked
-    first, so a repeated request needs no model at all.
+    With ``models``, the engine loads checkpoints through that cache, so a model traced twice
+    with other settings is loaded once. A repeated request finds its run through the store's
+    request alias and loads no model at all.
 
     Raises:
         SpinalError: Any engine error, unchanged.
     """
     from spinal import engine
+    from spinal.adapters import load_model
     from spinal.store import TraceStore
 
-    store = TraceStore(request.store_root)
-    settings = request.trace_settings()
-    model_dir = Path(request.source).expanduser()
-    if models is None or not (model_dir / "config.json").is_file():
-        result = engine.trace(
-            request.source,
-            request.prompts,
-            store=store,
-            settings=settings,
-            device=request.device,
-            dtype=request.dtype,
-            batch_size=request.batch_size,
-            max_prompts=request.max_prompts,
-            revision=request.revision,
-            trust_remote_code=request.trust_remote_code,
-            allow_pickle=request.allow_pickle,
-            label=request.label,
-            progress=progress,
-        )
-        return JobOutcome(result.run_id, result.cached)
+    loader = None
+    if models is not None:
 
-    return _trace_with_cached_model(request, progress, models, store, settings, model_dir)
+        def loader(source: str, **options: Any) -> Any:
+            return models.get({"source": source, **options}, load_model)
 
-
-def _trace_with_cached_model(
-    request: TraceRequest,
-    progress: ProgressCallback,
-    models: ModelCache,
-    store: Any,
-    settings: TraceSettings,
-    model_dir: Path,
-) -> JobOutcome:
-    from spinal import engine
-    from spinal.adapters import load_model
-    from spinal.fingerprint import fingerprint_directory
-    from spinal.keys import request_key
-    from spinal.prompts import load_prompts
-
-    prompt_set = load_prompts(request.prompts, max_prompts=request.max_prompts)
-    fingerprint = fingerprint_directory(model_dir, cache_path=store.fingerprint_cache_path)
-    alias_key = request_key(
-        fingerprint=fingerprint,
-        prompt_sha256=prompt_set.sha256,
-        settings=settings,
+    result = engine.trace(
+        request.source,
+        request.prompts,
+        store=TraceStore(request.store_root),
+        settings=request.trace_settings(),
         device=request.device,
         dtype=request.dtype,
-    )
-    run_id = store.alias(alias_key)
-    if run_id is not None:
-        return JobOutcome(run_id, True)
-
-    progress("load", 0, 1)
-    load_args = {
-        "source": str(model_dir.resolve()),
-        "device": request.device,
-        "dtype": request.dtype,
-        "trust_remote_code": request.trust_remote_code,
-        "allow_pickle": request.allow_pickle,
-    }
-    loaded = models.get(load_args, load_model)
-    progress("load", 1, 1)
-
-    # NOTE: trace_loaded records trust_remote_code=False and load_s=0 in the manifest, unlike
-    # engine.trace; the numbers and the run key are the same.
-    result = engine.trace_loaded(
-        loaded,
-        prompt_set,
-        store=store,
-        settings=settings,
         batch_size=request.batch_size,
-        label=request.label or model_dir.resolve().name,
-        fingerprint=fingerprint,
+        max_prompts=request.max_prompts,
+        revision=request.revision,
+        trust_remote_code=request.trust_remote_code,
+        allow_pickle=request.allow_pickle,
+        label=request.label,
         progress=progress,
+        loader=loader,
     )
-    store.set_alias(alias_key, result.run_id)
     return JobOutcome(result.run_id, result.cached)
 
 

@@ -323,3 +323,22 @@ def test_engine_error_is_spinal_error(prompt_file, tmp_path):
     request = TraceRequest(str(tmp_path / "missing-model"), str(prompt_file), str(tmp_path / "store"))
     with pytest.raises(SpinalError, match="not found"):
         run_engine_trace(request, lambda stage, done, total: None)
+
+
+def test_cached_model_loaded_once_across_settings(saved_llama, prompt_file, tmp_path):
+    from spinal.settings import TokenSettings, TraceSettings
+
+    other = TraceSettings(bootstrap=FAST_SETTINGS.bootstrap, tokens=TokenSettings(positions="all"))
+    cache = ModelCache()
+    loads = []
+    original_get = cache.get
+
+    def counting_get(load_args, loader):
+        return original_get(load_args, lambda **kwargs: loads.append(kwargs) or loader(**kwargs))
+
+    cache.get = counting_get
+    for settings in (FAST_SETTINGS, other):
+        request = TraceRequest(str(saved_llama), str(prompt_file), str(tmp_path / "store"), settings.to_dict())
+        run_engine_trace(request, lambda stage, done, total: None, models=cache)
+
+    assert len(loads) == 1
