@@ -281,7 +281,8 @@ def test_export_png_download(server, browser, browser_store):
     page.goto(f"{server}/export?{_query(roles)}", timeout=PAGE_TIMEOUT_MS)
     _wait_for_page(page, 0, False)
     button = page.get_by_role("button", name="PNG").nth(2)
-    with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download_info:
+    # kaleido starts its own Chromium for the first image, which took over 60 s on a busy 2-core machine.
+    with page.expect_download(timeout=3 * PAGE_TIMEOUT_MS) as download_info:
         button.click()
     path = download_info.value.path()
     page.close()
