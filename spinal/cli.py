@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", metavar="RUN_A", help="Reference run id (for example the SFT checkpoint).")
     compare.add_argument("run_b", metavar="RUN_B", help="Target run id (for example the DPO checkpoint).")
     compare.add_argument("--band", type=float, default=2 / 3, help="Start of the terminal band in relative depth (default: the last third, 0.667).")
+    compare.add_argument("--band-end", type=float, default=1.0, help="End of the terminal band in relative depth (default %(default)s).")
     _add_store_option(compare)
 
     demo = subparsers.add_parser("demo", help="Build the offline demo (a small model, its DPO run, their traces) and start the dashboard.")
@@ -321,7 +322,7 @@ def command_compare(args: argparse.Namespace) -> int:
     if reference.run_id == target.run_id:
         print(f"warning: RUN_A and RUN_B are the same run {reference.run_id}, so every delta is zero.", file=sys.stderr)
 
-    comparison = compare_runs(reference, target, band=(args.band, 1.0))
+    comparison = compare_runs(reference, target, band=(args.band, args.band_end))
     print(format_comparison(comparison, reference.label, target.label))
     for warning in comparison.warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import re
 import time
@@ -163,6 +164,7 @@ def trace(
 
     prompt_set = _resolve_prompts(prompts, max_prompts)
 
+    check_model_source(source, revision=revision, allow_pickle=allow_pickle)
     model_dir = _resolve_model_directory(source, revision)
     fingerprint = fingerprint_directory(model_dir, cache_path=store.fingerprint_cache_path)
 
@@ -231,6 +233,7 @@ def trace(
             progress=progress,
             load_seconds=load_seconds,
             trust_remote_code=trust_remote_code,
+            fingerprint_kind="directory",
         )
 
     store.set_alias(request, result.run_id)
@@ -269,6 +272,7 @@ def trace_loaded(
 
     settings = settings or TraceSettings()
     _validate_request(settings, batch_size, None)
+    fingerprint_kind = "given" if fingerprint else "state_dict"
     fingerprint = fingerprint or fingerprint_state_dict(loaded.model.state_dict())
 
     key = content_key(
@@ -298,6 +302,7 @@ def trace_loaded(
             progress=progress,
             load_seconds=0.0,
             trust_remote_code=False,
+            fingerprint_kind=fingerprint_kind,
         )
 
 
@@ -315,6 +320,7 @@ def _trace_and_write(
     progress: ProgressCallback | None,
     load_seconds: float,
     trust_remote_code: bool,
+    fingerprint_kind: str,
 ) -> TraceResult:
     trace_start = time.perf_counter()
     computed = compute_trace(loaded, prompt_set, settings=settings, batch_size=batch_size, progress=progress)
@@ -336,6 +342,7 @@ def _trace_and_write(
             "tokens_per_s": round(computed.n_tokens_used / trace_seconds, 2) if trace_seconds > 0 else None,
         },
         trust_remote_code=trust_remote_code,
+        fingerprint_kind=fingerprint_kind,
     )
 
     _report(progress, "write", 0, 1)
@@ -640,6 +647,7 @@ def _build_manifest(
     series: dict[str, Any] | None,
     timings: dict[str, Any],
     trust_remote_code: bool,
+    fingerprint_kind: str,
 ) -> dict[str, Any]:
     import torch
     import transformers
@@ -658,7 +666,7 @@ def _build_manifest(
         "run_id": key[:16],
         "key": key,
         "label": label,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "layer_convention": LAYER_CONVENTION,
         "model": {
             "source": str(loaded.source),
@@ -669,6 +677,7 @@ def _build_manifest(
             "hidden_size": loaded.hidden_size,
             "vocab_size": loaded.vocab_size,
             "fingerprint": fingerprint,
+            "fingerprint_kind": fingerprint_kind,
             "dtype": _dtype_name(loaded.dtype),
             "device": str(loaded.device),
             "trust_remote_code": trust_remote_code,
@@ -834,6 +843,11 @@ def _download_hub_snapshot(repo_id: str, revision: str | None) -> Path:
     except RepositoryNotFoundError as error:
         raise ModelLoadError(f"Model {repo_id!r} is neither a local directory nor a hub repository: {error}") from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+            raise ModelLoadError(
+                f"Model {repo_id!r} is not in the local hub cache and HF_HUB_OFFLINE is set: pass a local "
+                "checkpoint directory, or unset HF_HUB_OFFLINE to download it."
+            ) from error
         raise ModelLoadError(
             f"Could not download {repo_id!r} from the hub ({type(error).__name__}): pass a local checkpoint "
             "directory, or check the network and HF_TOKEN."

@@ -299,7 +299,7 @@ def _json_rows(path: Path, lines: list[str]) -> Iterator[tuple[int, Any]]:
             value = json.loads(line)
         except json.JSONDecodeError as error:
             raise PromptSetError(
-                f"{path} line {index + 1}: invalid JSON ({error.msg} at column {error.colno}): "
+                f"{path} line {index + 1}: invalid JSON ({error.msg.removesuffix(' at')}, column {error.colno}): "
                 "write one JSON object per line."
             ) from error
 

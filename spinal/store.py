@@ -450,7 +450,7 @@ class TraceStore:
             if manifest is not None:
                 infos.append(RunInfo.from_manifest(manifest, run_dir))
 
-        return sorted(infos, key=lambda info: (_created_sort_key(info.created), info.run_id))
+        return sorted(infos, key=lambda info: (_created_sort_key(info.created), _series_step(info), info.run_id))
 
     def get(self, run_id: str) -> Run:
         """Return the complete run ``run_id`` or the only complete run whose id starts with it.
@@ -861,6 +861,12 @@ def _alias_target(path: Path) -> str | None:
         return None
 
     return data.get("run_id") if isinstance(data, dict) else None
+
+
+def _series_step(info: RunInfo) -> int:
+    """Return the training step of a series run, so runs created in the same instant keep step order."""
+    step = (info.series or {}).get("step")
+    return step if isinstance(step, int) else -1
 
 
 def _created_sort_key(created: str) -> float:

@@ -306,7 +306,7 @@ class StatisticsAccumulator:
             self.warnings.append(
                 f"Alpha intervals skipped on rows {unstable_rows}: resampling prompt groups changes the "
                 "rank of H there, because the selected tokens barely outnumber the hidden size. "
-                "Use more tokens (more prompts, or --positions skip-first or all)."
+                "Use more tokens: more or longer prompts, or more positions per prompt."
             )
         return result
 

@@ -430,3 +430,26 @@ def test_alpha_interval_contains_estimate(llama):
     flagged = layers["alpha_warning"].str.contains("does not contain the estimate")
 
     assert (inside | flagged).all()
+
+
+def test_rejected_model_writes_nothing_to_store(prompt_file, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    path = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).save_pretrained(path)
+    store = TraceStore(tmp_path / "store")
+
+    with pytest.raises(SpinalError):
+        trace(str(path), prompt_file, store=store, settings=FAST_SETTINGS)
+
+    assert not store.root.exists() or not any(store.root.rglob("*"))
+
+
+def test_manifest_names_fingerprint_kind(saved_llama, llama, prompt_file, tmp_path):
+    store = TraceStore(tmp_path / "store")
+
+    from_directory = trace(str(saved_llama), prompt_file, store=store, settings=FAST_SETTINGS).run.manifest
+    in_memory = trace_loaded(llama, PROMPTS, store=store, settings=FAST_SETTINGS).run.manifest
+
+    assert from_directory["model"]["fingerprint_kind"] == "directory"
+    assert in_memory["model"]["fingerprint_kind"] == "state_dict"

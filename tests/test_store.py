@@ -754,3 +754,15 @@ def test_validate_tables_not_dataframe():
 
 def test_validate_tables_empty_tables():
     validate_tables({name: empty_table(name) for name in TABLE_NAMES})
+
+
+def test_list_runs_orders_same_instant_by_step(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    for step in (4, 0, 2):
+        key = hashlib.sha256(f"run-{step}".encode()).hexdigest()
+        manifest = {"created": "2026-01-01T00:00:00+00:00", "label": f"step {step}", "series": {"name": "s", "step": step}}
+        store.write_run(key, manifest, make_tables())
+
+    steps = [info.series["step"] for info in store.list_runs()]
+
+    assert steps == [0, 2, 4]
