@@ -185,6 +185,11 @@ def main() -> None:
     parser.add_argument("--dtype", default=None, help="Forward dtype (default: float32 on CPU, bfloat16 on CUDA).")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--scales", default="1,8", help="Prompt-count multipliers for the memory check (default 1,8).")
+    parser.add_argument(
+        "--scaled-variants",
+        default="spinal,naive",
+        help="Variants run at every scale (default spinal,naive; naive needs about 1 GiB per 1,000 tokens here).",
+    )
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
@@ -199,7 +204,8 @@ def main() -> None:
 
     scales = [int(value) for value in args.scales.split(",")]
     jobs = [("forward", scales[0]), ("unembed", scales[0]), ("spinal_bootstrap", scales[0])]
-    jobs += [(variant, scale) for scale in scales for variant in ("spinal", "naive")]
+    scaled_variants = args.scaled_variants.split(",")
+    jobs += [(variant, scale) for scale in scales for variant in scaled_variants]
 
     preset = PRESETS[args.preset]
     print(f"preset {args.preset}: {preset}, device {args.device}, dtype {dtype}, batch {args.batch_size}")

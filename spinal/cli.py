@@ -266,12 +266,12 @@ def command_runs(args: argparse.Namespace) -> int:
         print(f"No runs in {store.root}. Trace a checkpoint with `spinal trace MODEL --prompts FILE` or build the demo with `spinal demo`.")
         return 0
 
-    print(f"{'run_id':16}  {'created':25}  {'blocks':>6}  {'prompt set':10}  {'series':18}  label")
+    print(f"{'run_id':16}  {'created':29}  {'blocks':>6}  {'prompt set':10}  {'series':18}  label")
     for info in infos:
         series = ""
         if info.series:
             series = f"{info.series.get('name', '')}@{info.series.get('step', '')}"
-        print(f"{info.run_id:16}  {info.created:25}  {info.n_layers:>6}  {info.prompt_sha256[:10]:10}  {series[:18]:18}  {info.label}")
+        print(f"{info.run_id:16}  {info.created:29}  {info.n_layers:>6}  {info.prompt_sha256[:10]:10}  {series[:18]:18}  {info.label}")
     return 0
 
 

@@ -10,6 +10,8 @@ are immutable. Nothing here imports torch.
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -45,12 +47,23 @@ _KEY_BAND = "selection_band"
 # series must survive visits to other pages.
 _KEY_SERIES = "selection_series"
 _KEY_SEEDED = "selection_seeded_from_url"
+# Run ids named by the URL, until the first sidebar run resolves them against the store.
+_KEY_URL_IDS = "selection_url_run_ids"
+# (store root, run ids) of URL run ids that the store did not contain.
+_KEY_MISSING = "selection_missing_run_ids"
 _KEY_SELECTION = "selection"
 
 DEFAULT_SELECTED = 4
 """Runs selected when the URL names none: the first few, so large stores open quickly."""
 
 AXIS_LABELS: dict[str, str] = {"layer": "Block index", "depth": "Relative depth (0..1)"}
+
+MAIN_WIDTH_PX = 1150
+"""Estimated width of the main area in CSS pixels: a 1600 px window minus the sidebar and padding.
+
+Plotly does not wrap titles and annotations, so figures wrap their text to a width estimated
+from this. NOTE: on narrower windows long footers can still be clipped.
+"""
 PLOTLY_CONFIG: dict[str, Any] = {"displaylogo": False, "toImageButtonOptions": {"scale": 2}}
 
 
@@ -163,13 +176,18 @@ def _seed_from_url() -> None:
 
     params = st.query_params
     st.session_state[_KEY_STORE] = params.get(PARAM_STORE) or str(default_store_root())
+    url_ids: list[str] = []
     if PARAM_RUNS in params:
         # An empty value is an explicit empty selection; a missing one selects the first runs.
         st.session_state[_KEY_RUNS] = [run_id for run_id in params[PARAM_RUNS].split(",") if run_id]
+        url_ids.extend(st.session_state[_KEY_RUNS])
     if params.get(PARAM_REFERENCE):
         st.session_state[_KEY_REFERENCE] = params[PARAM_REFERENCE]
+        url_ids.append(params[PARAM_REFERENCE])
     if params.get(PARAM_TARGET):
         st.session_state[_KEY_TARGET] = params[PARAM_TARGET]
+        url_ids.append(params[PARAM_TARGET])
+    st.session_state[_KEY_URL_IDS] = list(dict.fromkeys(url_ids))
     if params.get(PARAM_AXIS) in AXIS_LABELS:
         st.session_state[_KEY_AXIS] = params[PARAM_AXIS]
     band = _parse_band(params.get(PARAM_BAND))
@@ -230,6 +248,7 @@ def render_sidebar() -> Selection:
     infos = {info.run_id: info for info in _safe_list_runs(store_root)}
     run_ids = list(infos)
     format_run = _format_run(infos)
+    _warn_missing_url_runs(sidebar, store_root, infos)
 
     if _KEY_RUNS in st.session_state:
         st.session_state[_KEY_RUNS] = _resolve_ids(st.session_state[_KEY_RUNS], infos)
@@ -283,6 +302,29 @@ def render_sidebar() -> Selection:
     _write_url(selection)
     st.session_state[_KEY_SELECTION] = selection
     return selection
+
+
+def _warn_missing_url_runs(sidebar: Any, store_root: Path, infos: dict[str, RunInfo]) -> None:
+    """Warn about run ids in the URL that the store lacks, instead of silently dropping them.
+
+    The ids are checked once per session, on the first run after the URL was read. The warning
+    stays while the store path is unchanged and the runs are still missing.
+    """
+    url_ids = st.session_state.pop(_KEY_URL_IDS, None)
+    if url_ids is not None:
+        missing = [run_id for run_id in url_ids if not _resolve_ids([run_id], infos)]
+        st.session_state[_KEY_MISSING] = (str(store_root), missing)
+
+    missing_root, missing = st.session_state.get(_KEY_MISSING, ("", []))
+    still_missing = [run_id for run_id in missing if not _resolve_ids([run_id], infos)]
+    if missing_root != str(store_root) or not still_missing:
+        return
+
+    sidebar.warning(
+        f"The link names {len(still_missing)} run(s) that the store at {escape_markdown(store_root)} does not contain: "
+        f"{escape_markdown(', '.join(still_missing))}. They may have been deleted, or the link was made for another "
+        "store: enter that store's folder in **Trace store**."
+    )
 
 
 def _safe_list_runs(root: Path) -> list[RunInfo]:
@@ -374,6 +416,10 @@ def open_runs(selection: Selection, run_ids: Sequence[str] | None = None) -> lis
 # Messages
 
 _MARKDOWN_SPECIAL = set("\\`*_[]<>$~|")
+ZERO_WIDTH_SPACE = "\u200b"
+# Text that GitHub-flavoured Markdown turns into a link without any markup (autolink literals):
+# a scheme before "://", "www" before a dot, and the "@" of an e-mail address.
+_AUTOLINK = re.compile(r"(?i)(https?|ftp)(?=://)|\bwww(?=\.)|@(?=\w)")
 
 
 def _code(text: object) -> str:
@@ -385,20 +431,51 @@ def escape_markdown(text: object) -> str:
     """Escape ``text`` for Streamlit Markdown so labels, paths and messages show literally.
 
     Streamlit renders messages, captions and ``st.markdown`` as Markdown, where an underscore
-    pair in a path turns italic and ``[x](url)`` becomes a link. Line breaks become spaces.
+    pair in a path turns italic and ``[x](url)`` becomes a link. Line breaks become spaces. Bare
+    URLs and e-mail addresses would become links too (GFM autolinks), and a backslash escape does
+    not stop that, so a zero-width space goes after ``http``, ``https``, ``ftp``, ``www`` and ``@``.
     """
     flat = " ".join(str(text).splitlines())
-    return "".join(f"\\{character}" if character in _MARKDOWN_SPECIAL else character for character in flat)
+    escaped = "".join(f"\\{character}" if character in _MARKDOWN_SPECIAL else character for character in flat)
+    return _AUTOLINK.sub(lambda match: match.group(0) + ZERO_WIDTH_SPACE, escaped)
 
+
+
+def store_option(root: Path) -> str:
+    """Return `` --store PATH`` for CLI commands, or ``""`` when ``root`` is the default store.
+
+    Without it, a command copied from the dashboard would write to the default store.
+    """
+    if root == default_store_root():
+        return ""
+
+    return f" --store {shlex.quote(str(root))}"
 
 
 def show_empty_store(selection: Selection) -> None:
-    """Explain what to do when the store has no runs."""
+    """Explain what to do when the store has no runs, is missing, or is a file."""
+    root = selection.store_root
+    if root.is_file():
+        st.warning(
+            f"The trace store path {escape_markdown(root)} is a file, not a folder. Enter the store's folder in "
+            "**Trace store** in the sidebar."
+        )
+        return
+
+    if root.exists():
+        status = f"The trace store at {escape_markdown(root)} has no runs yet. To add one:"
+    else:
+        status = (
+            f"The trace store at {escape_markdown(root)} does not exist. Check **Trace store** in the sidebar for a "
+            "typo, or create the store by adding a run:"
+        )
+
+    option = _code(store_option(root))
     st.info(
-        f"The trace store at {escape_markdown(selection.store_root)} has no runs yet. To add one:\n\n"
-        f"- trace a checkpoint from a shell: `spinal trace MODEL_DIR --prompts PROMPTS.txt --store {_code(selection.store_root)}`,\n"
+        f"{status}\n\n"
+        f"- trace a checkpoint from a shell: `spinal trace MODEL_DIR --prompts PROMPTS.txt{option}`,\n"
         "- or open the **Trace** page and trace from here,\n"
-        "- or build the offline demo (a small model before and after DPO, traced): `spinal demo`."
+        f"- or build the offline demo (a small model before and after DPO, traced): `spinal demo{option}`."
     )
 
 
@@ -444,6 +521,11 @@ def show_flagged(runs: Sequence[Any]) -> None:
     if rows:
         with st.expander(f"{len(rows)} layer(s) without an alpha fit (shown as gaps)"):
             st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+
+def column_width(fraction: float) -> int:
+    """Return the estimated width in CSS pixels of a column taking ``fraction`` of the main area."""
+    return int(MAIN_WIDTH_PX * fraction) - 16
 
 
 def plot(fig: go.Figure, key: str) -> None:

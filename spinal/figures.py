@@ -3,15 +3,19 @@
 Every function takes runs (anything with ``run_id``, ``manifest`` and the table attributes of
 ``spinal.store.Run``) and returns a ``plotly.graph_objects.Figure``. Rows whose alpha fit did not
 succeed (``alpha_status != "ok"``) and rows without transport are drawn as gaps and listed as
-flagged, never plotted as numbers. All user-supplied text (labels, prompts, paths) is
-HTML-escaped before it reaches a figure, because Plotly renders a subset of HTML in names,
-titles and hover text.
+flagged, never plotted as numbers. All user-supplied text (labels, prompts, paths) has ``&``,
+``<`` and ``>`` escaped before it reaches a figure, because Plotly renders a subset of HTML in
+names, titles and hover text. Quotes stay literal: Plotly shows ``&quot;`` as typed.
+
+Figures take ``width_px``, the approximate rendered width in CSS pixels, because Plotly does not
+wrap annotation or title text: footers and titles are broken into lines that fit that width.
 """
 
 from __future__ import annotations
 
 import html
 import logging
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -35,6 +39,17 @@ AXIS_TITLES: dict[str, str] = {
     "layer": "layer (0 = embedding output, L = last block)",
     "depth": "relative depth (layer / L)",
 }
+AXIS_SHORT_TITLES: dict[str, str] = {"layer": "layer (0 = embedding)", "depth": "relative depth"}
+"""Depth-axis titles for figures narrower than ``NARROW_WIDTH_PX``."""
+NARROW_WIDTH_PX = 520
+
+DEFAULT_WIDTH_PX = 1000
+"""Assumed figure width when the caller gives none (exports render 1200 px wide)."""
+# Average glyph widths of Liberation Sans, estimated as 0.55 of the font size, and the plot's
+# left margin, which the footer (anchored at the plot's left edge) cannot use.
+FOOTER_CHAR_PX = 6.0
+TITLE_CHAR_PX = 9.5
+LEFT_MARGIN_PX = 90
 METRIC_TITLES: dict[str, str] = {
     "alpha": "alpha (tail exponent)",
     "transport": "transport (Fisher-Rao)",
@@ -73,8 +88,37 @@ class AxisRanges:
 
 
 def escape(text: Any) -> str:
-    """Return ``text`` as a string with HTML special characters escaped."""
-    return html.escape(str(text), quote=True)
+    """Return ``text`` as a string with ``&``, ``<`` and ``>`` escaped for Plotly's HTML subset.
+
+    Quotes are left alone: Plotly text is never an HTML attribute, and it would show ``&quot;``
+    literally. Without ``<`` no tag, and so no script, can start.
+    """
+    return html.escape(str(text), quote=False)
+
+
+def wrap_markup(text: str, width_chars: int) -> str:
+    """Break escaped Plotly text into ``<br>``-separated lines of at most ``width_chars`` characters.
+
+    Existing ``<br>`` breaks are kept. Lines break at spaces, and words longer than a line (paths,
+    hashes) are split. Character entities count as one character and are never split.
+    """
+    lines = []
+    for line in text.split("<br>"):
+        raw = html.unescape(line)
+        pieces = textwrap.wrap(raw, width=max(10, width_chars), break_on_hyphens=False) or [""]
+        lines.extend(escape(piece) for piece in pieces)
+
+    return "<br>".join(lines)
+
+
+def footer_chars(width_px: int) -> int:
+    """Return the footer characters per line that fit a figure ``width_px`` wide."""
+    return int((width_px - LEFT_MARGIN_PX) / FOOTER_CHAR_PX)
+
+
+def axis_title(axis: Axis, width_px: int) -> str:
+    """Return the depth-axis title, shortened for narrow figures."""
+    return AXIS_SHORT_TITLES[axis] if width_px < NARROW_WIDTH_PX else AXIS_TITLES[axis]
 
 
 def run_label(run: RunLike) -> str:
@@ -215,28 +259,33 @@ def settings_text(manifest: dict[str, Any]) -> str:
     return SETTINGS_SEPARATOR.join((window, token_text, dtype_text, bootstrap_text))
 
 
-def settings_footer(runs: Sequence[RunLike]) -> str:
-    """Return the escaped settings line shared by ``runs``, or one line per distinct setting."""
+def settings_footer(runs: Sequence[RunLike], width_px: int = DEFAULT_WIDTH_PX) -> str:
+    """Return the escaped settings line shared by ``runs``, or one line per distinct setting.
+
+    Lines are wrapped to fit a figure ``width_px`` wide, because Plotly annotations do not wrap.
+    """
     texts: dict[str, list[str]] = {}
     for name, run in zip(legend_names(runs), runs, strict=True):
         texts.setdefault(settings_text(run.manifest), []).append(name)
 
     if len(texts) == 1:
-        return _wrap_settings(escape(next(iter(texts))))
+        lines = [_split_settings(escape(next(iter(texts))))]
+    else:
+        lines = [f"{', '.join(names)}: {_split_settings(escape(text))}" for text, names in texts.items()]
 
-    return "<br>".join(f"{', '.join(names)}: {_wrap_settings(escape(text))}" for text, names in texts.items())
+    return wrap_markup("<br>".join(lines), footer_chars(width_px))
 
 
-def _wrap_settings(text: str) -> str:
-    # The tail window on one line, tokens, dtype and bootstrap on the next: annotations do not wrap.
+def _split_settings(text: str) -> str:
+    # The tail window on one line, tokens, dtype and bootstrap on the next.
     window, _, rest = text.partition(SETTINGS_SEPARATOR)
     return f"{window}<br>{rest}" if rest else window
 
 
-def _add_footer(fig: go.Figure, runs: Sequence[RunLike], extra: str = "") -> None:
-    footer = settings_footer(runs)
+def _add_footer(fig: go.Figure, runs: Sequence[RunLike], extra: str = "", width_px: int = DEFAULT_WIDTH_PX) -> None:
+    footer = settings_footer(runs, width_px)
     if extra:
-        footer = f"{footer}<br>{extra}"
+        footer = f"{footer}<br>{wrap_markup(extra, footer_chars(width_px))}"
 
     lines = footer.count("<br>") + 1
     fig.add_annotation(
@@ -282,23 +331,39 @@ def band_x_range(runs: Sequence[RunLike], axis: Axis, band: tuple[float, float])
     return band[0] * n_layers, band[1] * n_layers
 
 
-LEGEND_ROW_CHARS = 60
-"""Legend characters per row assumed when reserving space above a plot (about 500 px wide)."""
+LEGEND_CHAR_PX = 8.3
+"""Average legend glyph width assumed when reserving space above a plot."""
 
 
-def _base_layout(fig: go.Figure, title: str, legend_entries: Sequence[str] = ()) -> None:
-    # The horizontal legend sits above the plot and grows upward, so one row of top margin is
-    # reserved per estimated legend row to keep it off the title.
-    legend_chars = sum(len(html.unescape(entry)) + 6 for entry in legend_entries)
-    legend_rows = -(-legend_chars // LEGEND_ROW_CHARS) if legend_entries else 0
+def _base_layout(fig: go.Figure, title: str, legend_entries: Sequence[str] = (), width_px: int = DEFAULT_WIDTH_PX) -> None:
+    # Plotly does not wrap the title, and the horizontal legend above the plot grows upward into
+    # it. So the title is wrapped to the width, and the top margin grows by one row per extra
+    # title line and per estimated legend row.
+    wrapped_title = wrap_markup(title, int((width_px - 20) / TITLE_CHAR_PX))
+    title_lines = wrapped_title.count("<br>") + 1
+    legend_rows = _legend_rows(legend_entries, width_px)
     fig.update_layout(
-        title={"text": title, "x": 0.0, "xanchor": "left", "y": 0.99, "yanchor": "top", "yref": "container"},
+        title={"text": wrapped_title, "x": 0.0, "xanchor": "left", "y": 0.99, "yanchor": "top", "yref": "container"},
         template="plotly_white",
         font=FONT,
         legend={"orientation": "h", "yanchor": "bottom", "y": 1.02, "x": 0.0},
         hoverlabel={"font": {"size": 13}},
-        margin={"t": 60 + 26 * legend_rows},
+        margin={"t": 60 + 22 * (title_lines - 1) + 26 * legend_rows},
     )
+
+
+def _legend_rows(entries: Sequence[str], width_px: int) -> int:
+    # Plotly keeps each legend entry whole, so entries are packed into rows greedily. An entry
+    # takes its text plus about 6 characters for the line symbol and the gap (an estimate).
+    row_px = max(100.0, width_px - 80.0)
+    rows, used = 0, row_px
+    for entry in entries:
+        entry_px = (len(html.unescape(entry)) + 6) * LEGEND_CHAR_PX
+        if used + entry_px > row_px:
+            rows, used = rows + 1, 0.0
+        used += entry_px
+
+    return rows
 
 
 def trajectory_3d(
@@ -307,6 +372,7 @@ def trajectory_3d(
     axis: Axis = "layer",
     band: tuple[float, float] = DEFAULT_BAND,
     camera: str = "oblique",
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw each run as a path through (depth, alpha, transport) space.
 
@@ -319,6 +385,7 @@ def trajectory_3d(
         band: Terminal band as relative depth.
         camera: Key of ``CAMERA_PRESETS``; changing it resets the view, while other reruns keep
             the camera the user set (``uirevision``).
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     fig = go.Figure()
     for index, (name, run) in enumerate(zip(legend_names(runs), runs, strict=True)):
@@ -370,13 +437,13 @@ def trajectory_3d(
         uirevision="trajectories",
         height=680,
     )
-    _base_layout(fig, "Depth trajectories (large markers: terminal band)", legend_names(runs))
+    _base_layout(fig, "Depth trajectories (large markers: terminal band)", legend_names(runs), width_px)
     fig.update_layout(margin={"l": 10, "r": 10})
     axes_note = (
         f"x: {AXIS_TITLES[axis]}<br>y: {METRIC_DESCRIPTIONS['alpha']}<br>z: {METRIC_DESCRIPTIONS['transport']}"
     )
     flag_note = _flag_note(runs)
-    _add_footer(fig, runs, axes_note + (f"<br>{flag_note}" if flag_note else ""))
+    _add_footer(fig, runs, axes_note + (f"<br>{flag_note}" if flag_note else ""), width_px)
     return fig
 
 
@@ -390,6 +457,7 @@ def profile_figure(
     names: Sequence[str] | None = None,
     colours: Sequence[str] | None = None,
     title: str = "Alpha and transport per layer",
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw alpha and transport against depth in two stacked panels.
 
@@ -405,6 +473,8 @@ def profile_figure(
         names: Escaped display names replacing the run labels (e.g. "reference: base").
         colours: Line colours per run; the palette order when None.
         title: Figure title (escaped by the caller when it contains user text).
+        width_px: Approximate rendered width in CSS pixels: text is wrapped to it, and figures
+            narrower than ``NARROW_WIDTH_PX`` get the short depth-axis title.
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.06)
     # A hidden overlay axis in [0, 1] carries the failed-fit marks, so they sit at the bottom of
@@ -422,19 +492,21 @@ def profile_figure(
     for row in (1, 2):
         fig.add_vrect(x0=low, x1=high, fillcolor=BAND_FILL, line_width=0, layer="below", row=row, col=1)
 
-    fig.update_xaxes(title_text=AXIS_TITLES[axis], row=2, col=1)
-    fig.update_yaxes(title_text=METRIC_TITLES["alpha"], row=1, col=1)
-    fig.update_yaxes(title_text=METRIC_TITLES["transport"], row=2, col=1)
+    fig.update_xaxes(title_text=axis_title(axis, width_px), row=2, col=1)
+    # Narrow figures have short panels, where the long metric titles run into each other.
+    narrow = width_px < NARROW_WIDTH_PX
+    fig.update_yaxes(title_text="alpha" if narrow else METRIC_TITLES["alpha"], row=1, col=1)
+    fig.update_yaxes(title_text="transport" if narrow else METRIC_TITLES["transport"], row=2, col=1)
     if ranges is not None:
         fig.update_xaxes(range=list(ranges.x))
         fig.update_yaxes(range=list(ranges.alpha), row=1, col=1)
         fig.update_yaxes(range=list(ranges.transport), row=2, col=1)
 
     fig.update_layout(height=640, uirevision="profiles")
-    _base_layout(fig, title, display_names)
+    _base_layout(fig, title, display_names, width_px)
     notes = "shaded: terminal band" + ("; bands around lines: bootstrap intervals" if show_ci else "")
     descriptions = f"{METRIC_DESCRIPTIONS['alpha']}<br>{METRIC_DESCRIPTIONS['transport']}"
-    _add_footer(fig, runs, f"{descriptions}<br>{notes}")
+    _add_footer(fig, runs, f"{descriptions}<br>{notes}", width_px)
     return fig
 
 
@@ -585,6 +657,7 @@ def checkpoint_heatmap(
     metric: Metric = "alpha",
     axis: Axis = "layer",
     reference: RunLike | None = None,
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw a checkpoint-by-layer heatmap of alpha or transport, or of its difference from a reference.
 
@@ -597,6 +670,7 @@ def checkpoint_heatmap(
         axis: ``layer`` or ``depth`` columns; runs of different depth share a depth grid with
             blank cells where a run has no layer.
         reference: When given, each cell shows ``run - reference`` on the same layer.
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     names = legend_names(runs)
     columns = _heatmap_columns(runs, axis)
@@ -652,11 +726,11 @@ def checkpoint_heatmap(
             **colour_settings,
         )
     )
-    fig.update_xaxes(title_text=AXIS_TITLES[axis])
+    fig.update_xaxes(title_text=axis_title(axis, width_px))
     fig.update_yaxes(title_text="checkpoint", autorange="reversed", type="category")
     fig.update_layout(height=max(320, 90 + 42 * len(runs)))
-    _base_layout(fig, title)
-    _add_footer(fig, runs)
+    _base_layout(fig, title, width_px=width_px)
+    _add_footer(fig, runs, width_px=width_px)
     return fig
 
 
@@ -691,6 +765,7 @@ def prompt_heatmap(
     axis: Axis = "layer",
     max_prompts: int = 100,
     text_chars: int = 80,
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw a prompt-by-layer heatmap of mean transport for one run.
 
@@ -702,6 +777,7 @@ def prompt_heatmap(
         axis: ``layer`` or ``depth`` columns.
         max_prompts: Show the first this many prompts, so large sets stay responsive.
         text_chars: Characters of prompt text in the hover.
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     layers = run.layers.sort_values("layer")
     prompts = run.prompts.sort_values("prompt_index").head(max_prompts)
@@ -733,11 +809,12 @@ def prompt_heatmap(
     )
     shown = len(prompts)
     total = len(run.prompts)
-    fig.update_xaxes(title_text=AXIS_TITLES[axis])
+    fig.update_xaxes(title_text=axis_title(axis, width_px))
     fig.update_yaxes(title_text="prompt index", autorange="reversed", type="category")
     fig.update_layout(height=max(360, min(1200, 120 + 8 * shown)))
-    _base_layout(fig, f"Transport per prompt and layer: {escape(run_label(run))} (first {shown} of {total} prompts)")
-    _add_footer(fig, [run])
+    title = f"Transport per prompt and layer: {escape(run_label(run))} (first {shown} of {total} prompts)"
+    _base_layout(fig, title, width_px=width_px)
+    _add_footer(fig, [run], width_px=width_px)
     return fig
 
 
@@ -755,6 +832,7 @@ def comparison_overlay(
     target: RunLike,
     *,
     axis: Axis = "layer",
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw reference and target alpha and transport per layer with each run's bootstrap intervals."""
     names = [f"reference: {escape(run_label(ref))}", f"target: {escape(run_label(target))}"]
@@ -764,10 +842,13 @@ def comparison_overlay(
         band=comparison.summary.band,
         names=names,
         title="Reference and target per layer",
+        width_px=width_px,
     )
 
 
-def delta_figure(comparison: Comparison, ref: RunLike, target: RunLike, *, axis: Axis = "layer") -> go.Figure:
+def delta_figure(
+    comparison: Comparison, ref: RunLike, target: RunLike, *, axis: Axis = "layer", width_px: int = DEFAULT_WIDTH_PX
+) -> go.Figure:
     """Draw the per-layer delta (target minus reference) of alpha and transport with paired intervals.
 
     Args:
@@ -775,6 +856,7 @@ def delta_figure(comparison: Comparison, ref: RunLike, target: RunLike, *, axis:
         ref: Reference run (for labels and settings).
         target: Target run.
         axis: ``layer`` or ``depth`` on the x axis.
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     table = comparison.table
     x = table["depth"].to_numpy(dtype=float) if axis == "depth" else table["layer"].to_numpy(dtype=float)
@@ -816,18 +898,18 @@ def delta_figure(comparison: Comparison, ref: RunLike, target: RunLike, *, axis:
     for row in (1, 2):
         fig.add_vrect(x0=low_x, x1=high_x, fillcolor=BAND_FILL, line_width=0, layer="below", row=row, col=1)
 
-    fig.update_xaxes(title_text=AXIS_TITLES[axis], row=2, col=1)
+    fig.update_xaxes(title_text=axis_title(axis, width_px), row=2, col=1)
     fig.update_yaxes(title_text="Δ alpha", row=1, col=1)
     fig.update_yaxes(title_text="Δ transport", row=2, col=1)
     fig.update_layout(height=620, uirevision="delta", showlegend=False)
     title = f"Per-layer change: {escape(run_label(target))} minus {escape(run_label(ref))}"
-    _base_layout(fig, title)
+    _base_layout(fig, title, width_px=width_px)
     interval_note = (
         f"bands: {comparison.summary.level:.0%} paired bootstrap intervals ({comparison.summary.n_replicates} replicates)"
         if comparison.summary.n_replicates
         else "no intervals (bootstrap off or replicates not pairable)"
     )
-    _add_footer(fig, [ref, target], f"shaded: terminal band; {interval_note}")
+    _add_footer(fig, [ref, target], f"shaded: terminal band; {interval_note}", width_px)
     return fig
 
 

@@ -56,6 +56,8 @@ class TraceRequest:
         trust_remote_code: Allow code shipped with the checkpoint to run.
         allow_pickle: Allow pickled ``.bin`` weights.
         label: Display name of the run; not part of the request key.
+        prompts_name: Display name of the prompt source, such as an uploaded file's own name
+            when ``prompts`` is its temporary copy. It is not part of the request key.
     """
 
     source: str
@@ -70,12 +72,14 @@ class TraceRequest:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     label: str | None = None
+    prompts_name: str | None = None
 
     @property
     def key(self) -> str:
-        """SHA-256 of the request without its label: equal keys compute the same run."""
+        """SHA-256 of the request without its display names: equal keys compute the same run."""
         payload = asdict(self)
         payload.pop("label")
+        payload.pop("prompts_name")
         return canonical_hash(payload)
 
     def trace_settings(self) -> TraceSettings:
@@ -242,6 +246,27 @@ class JobRegistry:
 
             job.cancel_requested.set()
             return True
+
+    def clear_finished(self, store_root: str | None = None) -> int:
+        """Forget done, failed and cancelled jobs; queued and running jobs are never removed.
+
+        Args:
+            store_root: Forget only jobs that write to this store; every store when None.
+
+        Returns:
+            Number of jobs removed.
+        """
+        with self._lock:
+            doomed = [
+                key
+                for key, job in self._jobs.items()
+                if not job.snapshot.is_active and (store_root is None or job.snapshot.request.store_root == store_root)
+            ]
+            for key in doomed:
+                del self._jobs[key]
+
+        logger.info("cleared %d finished trace job(s)", len(doomed))
+        return len(doomed)
 
     def wait(self, key: str, timeout: float | None = None) -> JobSnapshot | None:
         """Block until the job ``key`` finishes or ``timeout`` seconds pass; return its snapshot."""

@@ -40,6 +40,13 @@ IMAGE_FORMATS = ("png", "svg")
 
 PLOTLY_CONFIG = {"displaylogo": False}
 
+TRANSIENT_KALEIDO_ERRORS = ("kaleido_scopes is not defined",)
+"""Messages of kaleido failures seen now and then on a working setup (kaleido 1.5).
+
+An export that fails with one of them is tried once more."""
+
+MAX_ERROR_CHARS = 300
+
 
 class ExportError(SpinalError):
     """A figure or report could not be exported."""
@@ -105,14 +112,29 @@ def figure_image(fig: go.Figure, fmt: str = "png", *, width: int = 1200, height:
 
     os.environ.setdefault("BROWSER_PATH", browser)
     render_height = height or int(fig.layout.height or 600)
-    try:
-        return pio.to_image(fig, format=fmt, width=width, height=render_height, scale=scale)
-    except Exception as error:
-        # kaleido and choreographer raise many error types; report each as one ExportError.
-        raise ExportError(
-            f"{fmt.upper()} export with {browser} failed ({type(error).__name__}: {error}); "
-            "export HTML instead, or check that the browser starts headless."
-        ) from error
+    for attempt in (1, 2):
+        try:
+            return pio.to_image(fig, format=fmt, width=width, height=render_height, scale=scale)
+        except Exception as error:
+            # kaleido and choreographer raise many error types; report each as one ExportError.
+            if attempt == 1 and any(text in str(error) for text in TRANSIENT_KALEIDO_ERRORS):
+                logger.warning("%s export failed with a transient kaleido error, retrying once: %s", fmt.upper(), error)
+                continue
+
+            logger.warning("%s export with %s failed", fmt.upper(), browser, exc_info=True)
+            raise ExportError(
+                f"{fmt.upper()} export with {browser} failed ({type(error).__name__}: {_one_line(error)}); "
+                "export HTML instead, or check that the browser starts headless."
+            ) from error
+
+    raise AssertionError("unreachable: the second attempt returns or raises")
+
+
+def _one_line(error: BaseException) -> str:
+    """Return the first non-empty line of an error message, cut to ``MAX_ERROR_CHARS``."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = lines[0] if lines else "no message"
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 def layers_table(runs: Sequence[RunLike]) -> pd.DataFrame:
@@ -132,6 +154,28 @@ def layers_table(runs: Sequence[RunLike]) -> pd.DataFrame:
         return pd.DataFrame()
 
     return pd.concat(frames, ignore_index=True)
+
+
+def comparison_table(comparison: Comparison, reference: RunLike, target: RunLike) -> pd.DataFrame:
+    """Return the per-layer comparison table with columns naming what was compared.
+
+    Adds reference and target run ids and labels and the terminal band (relative depth), so an
+    exported file alone identifies the runs and the band behind its deltas.
+    """
+    table = comparison.table.copy()
+    band_low, band_high = comparison.summary.band
+    identity = {
+        "reference_id": reference.run_id,
+        "reference_label": run_label(reference),
+        "target_id": target.run_id,
+        "target_label": run_label(target),
+        "band_low": float(band_low),
+        "band_high": float(band_high),
+    }
+    for position, (name, value) in enumerate(identity.items()):
+        table.insert(position, name, value)
+
+    return table
 
 
 def table_csv(table: pd.DataFrame) -> bytes:

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from spinal.figures import (
-    AXIS_TITLES,
+    DEFAULT_WIDTH_PX,
     METRIC_TITLES,
     PALETTE,
     Axis,
@@ -24,6 +24,7 @@ from spinal.figures import (
     _add_footer,
     _add_interval_band,
     _base_layout,
+    axis_title,
     escape,
 )
 from spinal.series import Onset
@@ -50,6 +51,7 @@ def series_heatmap(
     axis: Axis = "layer",
     epochs: Sequence[float | None] | None = None,
     name: str = "",
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw a step x layer heatmap of alpha or transport for the runs of one series.
 
@@ -63,6 +65,7 @@ def series_heatmap(
         axis: ``layer`` for the block index or ``depth`` for relative depth on the y axis.
         epochs: Training epoch of each run, for the hover; None leaves it out.
         name: Series name for the title (raw text; escaped here).
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     layer_index = np.unique(np.concatenate([run.layers["layer"].to_numpy() for run in runs]))
     n_layers = int(layer_index.max()) if layer_index.size else 1
@@ -101,11 +104,13 @@ def series_heatmap(
         )
     )
     fig.update_xaxes(title_text=STEP_TITLE)
-    fig.update_yaxes(title_text=AXIS_TITLES[axis])
-    fig.update_layout(height=max(360, min(900, 140 + 14 * layer_index.size)))
+    height = max(360, min(900, 140 + 14 * layer_index.size))
+    # The depth axis is vertical here: a short figure gets the short title, as a narrow one does.
+    fig.update_yaxes(title_text=axis_title(axis, min(width_px, height)))
+    fig.update_layout(height=height)
     title = f"{METRIC_TITLES[metric]} per step and layer"
-    _base_layout(fig, f"{title}: {escape(name)}" if name else title)
-    _add_footer(fig, runs, "blank cells: fit failed or no transport (hover gives the status)")
+    _base_layout(fig, f"{title}: {escape(name)}" if name else title, width_px=width_px)
+    _add_footer(fig, runs, "blank cells: fit failed or no transport (hover gives the status)", width_px)
     return fig
 
 
@@ -129,6 +134,7 @@ def series_band_figure(
     band: tuple[float, float],
     runs: Sequence[RunLike] = (),
     name: str = "",
+    width_px: int = DEFAULT_WIDTH_PX,
 ) -> go.Figure:
     """Draw terminal-band alpha and transport against step, with intervals and departure markers.
 
@@ -142,6 +148,7 @@ def series_band_figure(
         band: Terminal band as relative depth, for the title.
         runs: Runs of the series, for the settings footer; none leaves the settings out.
         name: Series name for the title (raw text; escaped here).
+        width_px: Approximate rendered width in CSS pixels, for wrapping the title and footer.
     """
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.1)
     for row, metric in enumerate(("alpha", "transport"), start=1):
@@ -159,7 +166,7 @@ def series_band_figure(
 
     title = f"Terminal band (relative depth {band[0]:.2f} to {band[1]:.2f}) against step"
     legend = [f"band mean {metric}" for metric in ("alpha", "transport")] + ["running baseline", "threshold"]
-    _base_layout(fig, f"{title}: {escape(name)}" if name else title, legend)
+    _base_layout(fig, f"{title}: {escape(name)}" if name else title, legend, width_px)
 
     k_text = ", ".join(f"{k:g}" for k in sorted({onset.k for onset in onsets.values()})) or "?"
     minimum_text = ", ".join(str(count) for count in sorted({onset.min_baseline for onset in onsets.values()})) or "?"
@@ -172,7 +179,7 @@ def series_band_figure(
         "Dashed grey lines: baseline +- threshold."
     )
     intervals = _interval_note(table)
-    _add_footer(fig, runs, f"{rule}<br>{baseline_text}<br>{intervals}")
+    _add_footer(fig, runs, f"{rule}<br>{baseline_text}<br>{intervals}", width_px)
     return fig
 
 

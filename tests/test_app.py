@@ -17,6 +17,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,6 +25,7 @@ from streamlit.testing.v1 import AppTest
 from synthetic_runs import make_run, seed_store, write_run
 
 import spinal.jobs
+import spinal.report
 from spinal.errors import PromptSetError
 from spinal.jobs import JobOutcome, JobRegistry
 from spinal.settings import BootstrapSettings, TokenSettings, TraceSettings
@@ -144,6 +146,29 @@ def test_empty_store_says_what_next(empty_store, page):
         assert hint in message
 
 
+def test_missing_store_says_not_exist(empty_store):
+    message = " ".join(texts(open_app(empty_store).info))
+    assert "does not exist" in message
+    assert "has no runs yet" not in message
+
+
+def test_empty_store_commands_name_store(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    store.root.mkdir(parents=True)
+    message = " ".join(texts(open_app(store).info))
+    assert "has no runs yet" in message
+    assert f"`spinal demo --store {store.root}`" in message
+    assert f"--prompts PROMPTS.txt --store {store.root}`" in message
+
+
+def test_store_file_not_offered_for_tracing(tmp_path):
+    path = tmp_path / "store.txt"
+    path.write_text("not a store", encoding="utf-8")
+    at = open_app(SimpleNamespace(root=path))
+    assert "is a file, not a folder" in " ".join(texts(at.warning))
+    assert "spinal trace" not in " ".join(texts(at.info) + texts(at.warning))
+
+
 @pytest.mark.parametrize("page", PAGES)
 def test_page_runs_without_exception(app_store, page):
     reference, target = _pair_of_same_depth(app_store)
@@ -161,6 +186,22 @@ def test_page_shows_no_error(app_store, page):
 def test_overview_lists_every_run(app_store):
     at = open_app(app_store)
     assert len(at.dataframe[0].value) == len(app_store.list_runs())
+
+
+def test_overview_shows_run_warnings(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    warned = make_run("warned")
+    warned.manifest["warnings"] = ["Alpha intervals skipped on rows [0]: too few replicates."]
+    write_run(store, warned)
+    at = open_app(store)
+    assert at.expander[0].label == "1 trace warning(s) in 1 run(s)"
+    assert list(at.dataframe[1].value["warning"]) == ["Alpha intervals skipped on rows [0]: too few replicates."]
+
+
+def test_overview_shows_settings_column(synthetic_store):
+    table = open_app(synthetic_store).dataframe[0].value
+    assert table["settings"].str.startswith("tail window").all()
+    assert (table["warnings"] == 0).all()
 
 
 def test_page_without_selection_asks_for_runs(synthetic_store):
@@ -210,6 +251,20 @@ def test_url_unknown_run_dropped(synthetic_store):
     reference = synthetic_store.roles["reference"]
     at = open_app(synthetic_store, runs=f"{reference},ffffffffffffffff")
     assert at.multiselect(key="selection_runs").value == [reference]
+
+
+def test_url_unknown_run_warned(synthetic_store):
+    reference = synthetic_store.roles["reference"]
+    at = open_app(synthetic_store, "compare", runs=f"{reference},ffffffffffffffff", ref="eeeeeeeeeeeeeeee")
+    warnings = " ".join(texts(at.sidebar.warning))
+    assert "ffffffffffffffff, eeeeeeeeeeeeeeee" in warnings
+    assert str(synthetic_store.root).replace("_", "\\_") in warnings
+
+
+def test_url_known_runs_not_warned(synthetic_store):
+    roles = synthetic_store.roles
+    at = open_app(synthetic_store, runs=f"{roles['reference']},{roles['target']}", ref=roles["reference"])
+    assert texts(at.sidebar.warning) == []
 
 
 def test_url_invalid_band_ignored(synthetic_store):
@@ -270,10 +325,8 @@ def test_trajectories_axis_titles(app_store):
 
 def test_trajectories_projection_axis_titles(app_store):
     layout = charts(open_app(app_store, "trajectories"))[1]["layout"]
-    assert (layout["yaxis"]["title"]["text"], layout["yaxis2"]["title"]["text"]) == (
-        "alpha (tail exponent)",
-        "transport (Fisher-Rao)",
-    )
+    # The profiles sit in a narrow column, so the metric titles are short; the footer explains them.
+    assert (layout["yaxis"]["title"]["text"], layout["yaxis2"]["title"]["text"]) == ("alpha", "transport")
 
 
 def test_trajectories_data_match_store(app_store):
@@ -380,6 +433,15 @@ def _compare(store: TraceStore, reference: str, target: str) -> AppTest:
 def test_compare_verdict_supported(synthetic_store):
     at = _compare(synthetic_store, synthetic_store.roles["reference"], synthetic_store.roles["target"])
     assert texts(at.subheader) == ["Signature supported"]
+
+
+def test_compare_caption_uses_heading_words(synthetic_store):
+    roles = synthetic_store.roles
+    at = _compare(synthetic_store, roles["reference"], roles["target"])
+    heading = at.subheader[0].value
+    caption = " ".join(texts(at.caption))
+    assert f"verdict: {heading}." in caption
+    assert "verdict status" not in caption
 
 
 def test_compare_headline_metrics(synthetic_store):
@@ -496,8 +558,10 @@ def test_export_offers_every_format(synthetic_store):
     roles = synthetic_store.roles
     at = _compare(synthetic_store, roles["reference"], roles["target"])
     at.switch_page("views/export.py").run()
-    labels = [button.proto.label for button in at.get("download_button")]
-    assert {"HTML", "PNG", "SVG", "CSV", "Parquet", "Download audit report"} <= set(labels)
+    downloads = {button.proto.label for button in at.get("download_button")}
+    renders = {button.proto.label for button in at.button}
+    assert {"HTML", "CSV", "Parquet", "Download audit report"} <= downloads
+    assert {"PNG", "SVG"} <= renders
 
 
 def test_export_one_row_per_figure(synthetic_store):
@@ -505,7 +569,8 @@ def test_export_one_row_per_figure(synthetic_store):
     at = _compare(synthetic_store, roles["reference"], roles["target"])
     at.switch_page("views/export.py").run()
     labels = [button.proto.label for button in at.get("download_button")]
-    assert labels.count("HTML") == 9
+    # Five figures of the runs, four of the comparison and one side-by-side figure per selected run.
+    assert labels.count("HTML") == 9 + 2
 
 
 def test_export_without_browser_explains(synthetic_store, monkeypatch):
@@ -517,9 +582,55 @@ def test_export_without_browser_explains(synthetic_store, monkeypatch):
 def test_export_without_browser_disables_images(synthetic_store, monkeypatch):
     monkeypatch.setattr("spinal.report.find_browser", lambda: None)
     at = open_app(synthetic_store, "export")
-    image_buttons = [button.proto for button in at.get("download_button") if button.proto.label in ("PNG", "SVG")]
+    image_buttons = [button.proto for button in at.button if button.proto.label in ("PNG", "SVG")]
     assert image_buttons
     assert all(button.disabled for button in image_buttons)
+
+
+def _export_page(store: TraceStore) -> AppTest:
+    roles = store.roles
+    return open_app(store, "export", runs=f"{roles['reference']},{roles['target']}", ref=roles["reference"], target=roles["target"])
+
+
+def test_export_image_failure_shown(synthetic_store, monkeypatch):
+    def failing(fig, fmt="png", **options):
+        raise spinal.report.ExportError("PNG export with /bin/false failed (ChromeNotFound: no browser); export HTML instead.")
+
+    monkeypatch.setattr("spinal.report.find_browser", lambda: "/bin/false")
+    monkeypatch.setattr("spinal.report.figure_image", failing)
+    at = _export_page(synthetic_store)
+    at.button(key="export_png_profiles").click().run()
+    assert texts(at.error) == ["PNG export with /bin/false failed (ChromeNotFound: no browser); export HTML instead."]
+
+
+def test_export_image_rendered_then_saved(synthetic_store, monkeypatch):
+    monkeypatch.setattr("spinal.report.find_browser", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr("spinal.report.figure_image", lambda fig, fmt="png", **options: b"\x89PNG fake")
+    at = _export_page(synthetic_store)
+    at.button(key="export_png_profiles").click().run()
+    saves = [button.proto for button in at.get("download_button") if button.proto.label == "Save PNG"]
+    assert len(saves) == 1
+    assert texts(at.error) == []
+
+
+def test_export_lists_side_by_side(synthetic_store):
+    labels = [element.value for element in _export_page(synthetic_store).markdown]
+    assert {"**side-by-side-1**", "**side-by-side-2**"} <= set(labels)
+
+
+def test_export_lists_training_figures(series_store):
+    labels = [element.value for element in open_app(series_store, "export", series="sft").markdown]
+    assert {"**training-band**", "**training-heatmap-alpha**", "**training-heatmap-transport**"} <= set(labels)
+
+
+def test_export_training_figure_builds(series_store, monkeypatch):
+    built = []
+    monkeypatch.setattr("spinal.report.find_browser", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr("spinal.report.figure_image", lambda fig, fmt="png", **options: built.append(fig) or b"png")
+    at = open_app(series_store, "export", series="sft")
+    at.button(key="export_png_training-band").click().run()
+    assert len(built) == 1
+    assert "sft" in built[0].layout.title.text
 
 
 def test_export_other_depth_skips_comparison(synthetic_store):
@@ -596,7 +707,7 @@ def test_training_demo_transport_heatmap_last_gap(demo_store):
 def test_training_demo_heatmap_axis_titles(demo_store):
     layout = charts(open_app(demo_store, "training"))[1]["layout"]
     assert layout["xaxis"]["title"]["text"] == "training step"
-    assert layout["yaxis"]["title"]["text"] == "layer (0 = embedding output, L = last block)"
+    assert layout["yaxis"]["title"]["text"] in ("layer (0 = embedding output, L = last block)", "layer (0 = embedding)")
 
 
 def test_training_demo_depth_axis(demo_store):
@@ -844,6 +955,27 @@ def test_script_label_never_raw_in_figures(tmp_path):
             assert XSS_LABEL not in element.proto.spec
 
 
+def test_quote_in_label_shown_literally(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    reference = write_run(store, make_run('the "base" model'))
+    target = write_run(store, make_run("it's <b>tuned</b>", seed=1, alpha_shift=0.4))
+    at = open_app(store, "compare", runs=f"{reference.run_id},{target.run_id}", ref=reference.run_id, target=target.run_id)
+    spec = charts(at)[0]
+    names = list(dict.fromkeys(trace["name"] for trace in main_traces(spec)))
+    assert names == ['reference: the "base" model', "target: it's &lt;b&gt;tuned&lt;/b&gt;"]
+    assert "&quot;" not in json.dumps(charts(at))
+
+
+def test_url_in_label_not_linked(tmp_path):
+    store = TraceStore(tmp_path / "store")
+    first = write_run(store, make_run("see https://example.org/model"))
+    second = write_run(store, make_run("www.example.org tuned", seed=1, settings=TraceSettings(tokens=TokenSettings(positions="all"))))
+    at = open_app(store, "trajectories", runs=f"{first.run_id},{second.run_id}")
+    captions = " ".join(texts(at.caption))
+    assert "https\u200b://example.org" in captions
+    assert "www\u200b.example.org" in captions
+
+
 # ---------------------------------------------------------------------------------------------
 # Trace page
 
@@ -959,6 +1091,67 @@ def test_trace_page_progress_while_running(tmp_path, fresh_registry, monkeypatch
     assert bars[0].proto.text == "forward 1/4"
 
 
+def _finished_job(registry: JobRegistry, store: TraceStore, trace_fn, **changes) -> None:
+    fields = {"source": "models/anything", "prompts": "builtin:pydoc-topics", "store_root": str(store.root), **changes}
+    request = spinal.jobs.TraceRequest(**fields)
+    snapshot, _ = registry.submit(request, trace_fn)
+    registry.wait(snapshot.key, TIMEOUT_S)
+
+
+def test_trace_page_upload_error_names_upload(tmp_path, fresh_registry):
+    store = TraceStore(tmp_path / "store")
+    saved = "/tmp/spinal-uploads/0123456789abcdef-my_prompts.txt"
+
+    def failing(request, progress):
+        raise PromptSetError(f"prompt file {request.prompts} has no prompts: add one prompt per line.")
+
+    _finished_job(fresh_registry, store, failing, prompts=saved, prompts_name="my prompts.txt")
+    at = open_app(store, "trace")
+    assert texts(at.error) == ["prompt file uploaded file my prompts.txt has no prompts: add one prompt per line."]
+
+
+def test_trace_page_cancel_is_info(tmp_path, fresh_registry):
+    store = TraceStore(tmp_path / "store")
+
+    def cancelled(request, progress):
+        raise spinal.jobs.JobCancelled("trace of models/anything was cancelled.")
+
+    _finished_job(fresh_registry, store, cancelled)
+    at = open_app(store, "trace")
+    assert texts(at.error) == []
+    assert "trace of models/anything was cancelled." in texts(at.info)
+
+
+def test_trace_page_clear_finished_jobs(tmp_path, fresh_registry):
+    store = TraceStore(tmp_path / "store")
+    _finished_job(fresh_registry, store, lambda request, progress: JobOutcome("feedfacefeedface", False))
+    at = open_app(store, "trace")
+    at.button(key="trace_clear_finished").click().run()
+    assert fresh_registry.snapshots() == []
+    assert "No trace jobs yet." in texts(at.caption)
+
+
+def test_trace_page_attach_shows_toast(tmp_path, fresh_registry, monkeypatch):
+    import threading
+
+    release = threading.Event()
+
+    def blocking(request, progress, models=None):
+        progress("forward", 0, 2)
+        release.wait(TIMEOUT_S)
+        return JobOutcome("0123456789abcdef", False)
+
+    monkeypatch.setattr(spinal.jobs, "run_engine_trace", blocking)
+    store = TraceStore(tmp_path / "store")
+    first = _submit_trace(open_app(store, "trace"), "models/anything")
+    second = _submit_trace(open_app(store, "trace"), "models/anything")
+    first_toasts, second_toasts = texts(first.toast), texts(second.toast)
+    release.set()
+    _wait_for_jobs(fresh_registry)
+    assert first_toasts == []
+    assert second_toasts == ["The same trace is already running: attached to the running job."]
+
+
 def test_trace_page_real_engine(tmp_path, fresh_registry):
     from tiny_models import save_tiny
 
@@ -1005,7 +1198,23 @@ def test_pages_import_no_torch(synthetic_store):
 def test_escape_markdown_path_and_link():
     from spinal.dashboard import escape_markdown
 
-    assert escape_markdown("/data/my_file.txt [x](http://example.org)") == "/data/my\\_file.txt \\[x\\](http://example.org)"
+    assert escape_markdown("/data/my_file.txt [x](http://example.org)") == "/data/my\\_file.txt \\[x\\](http\u200b://example.org)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("https://example.org", "https\u200b://example.org"),
+        ("go to www.example.org", "go to www\u200b.example.org"),
+        ("mail me@example.org", "mail me@\u200bexample.org"),
+        ("HTTP://EXAMPLE.ORG", "HTTP\u200b://EXAMPLE.ORG"),
+        ("httpd.conf and wwwroot", "httpd.conf and wwwroot"),
+    ],
+)
+def test_escape_markdown_autolinks(text, expected):
+    from spinal.dashboard import escape_markdown
+
+    assert escape_markdown(text) == expected
 
 
 def test_trace_error_shown_literally(tmp_path, fresh_registry, monkeypatch):

@@ -280,10 +280,13 @@ def test_export_png_download(server, browser, browser_store):
     page = browser.new_page()
     page.goto(f"{server}/export?{_query(roles)}", timeout=PAGE_TIMEOUT_MS)
     _wait_for_page(page, 0, False)
-    button = page.get_by_role("button", name="PNG").nth(2)
-    # kaleido starts its own Chromium for the first image, which took over 60 s on a busy 2-core machine.
-    with page.expect_download(timeout=3 * PAGE_TIMEOUT_MS) as download_info:
-        button.click()
+    # PNG renders the image in the page run, then Save PNG downloads it. kaleido starts its own
+    # Chromium for the first image, which took over 60 s on a busy 2-core machine.
+    page.get_by_role("button", name="PNG", exact=True).nth(2).click()
+    save = page.get_by_role("button", name="Save PNG")
+    save.wait_for(timeout=3 * PAGE_TIMEOUT_MS)
+    with page.expect_download(timeout=PAGE_TIMEOUT_MS) as download_info:
+        save.click()
     path = download_info.value.path()
     page.close()
     assert Path(path).read_bytes()[:4] == b"\x89PNG"

@@ -364,3 +364,51 @@ def test_difference_heatmap_identical_runs_scale():
     reference = make_run("base")
     trace = figures.checkpoint_heatmap([reference], reference=reference).data[0]
     assert (trace.zmin, trace.zmax) == (-1.0, 1.0)
+
+
+def test_escape_keeps_quotes():
+    assert figures.escape('say "hi" & it\'s <b>') == "say \"hi\" &amp; it's &lt;b&gt;"
+
+
+def test_quote_label_literal_in_legend():
+    run = make_run('the "base" model')
+    names = [trace.name for trace in _main_traces(figures.profile_figure([run]))]
+    assert names[0] == 'the "base" model'
+
+
+def test_quote_label_literal_in_title():
+    run = make_run('the "base" model')
+    fig = figures.prompt_heatmap(run)
+    assert 'the "base" model' in fig.layout.title.text
+    assert "&quot;" not in fig.to_json()
+
+
+def test_wrap_markup_breaks_at_words():
+    wrapped = figures.wrap_markup("alpha beta gamma delta<br>epsilon", 11)
+    assert wrapped.split("<br>") == ["alpha beta", "gamma delta", "epsilon"]
+
+
+def test_wrap_markup_keeps_entities_whole():
+    wrapped = figures.wrap_markup("x &lt;y&gt; z &amp; wwwww", 10)
+    assert wrapped.split("<br>") == ["x &lt;y&gt; z &amp;", "wwwww"]
+
+
+@pytest.mark.parametrize("width_px", [320, 560, 1000])
+def test_footer_lines_fit_width(reference, aligned, width_px):
+    fig = figures.profile_figure([reference, aligned], width_px=width_px)
+    footer = fig.layout.annotations[-1].text
+    longest = max(len(figures.html.unescape(line)) for line in footer.split("<br>"))
+    assert longest <= figures.footer_chars(width_px)
+
+
+def test_narrow_figure_short_axis_title(reference):
+    fig = figures.profile_figure([reference], width_px=300)
+    assert fig.layout.xaxis2.title.text == figures.AXIS_SHORT_TITLES["layer"]
+
+
+def test_long_title_wrapped(reference, aligned):
+    long_label = "a checkpoint label that is long enough to be cut in a narrow column " * 2
+    fig = figures.checkpoint_heatmap([reference, aligned], reference=make_run(long_label), width_px=400)
+    lines = fig.layout.title.text.split("<br>")
+    assert len(lines) > 1
+    assert max(len(line) for line in lines) <= int((400 - 20) / figures.TITLE_CHAR_PX)

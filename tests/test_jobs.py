@@ -214,6 +214,35 @@ def test_registry_forgets_old_finished_jobs(tmp_path):
     assert len(registry.snapshots()) <= 3
 
 
+def test_request_key_ignores_prompts_name(tmp_path):
+    assert _request(tmp_path, prompts_name="a.txt").key == _request(tmp_path, prompts_name="b.txt").key
+
+
+def test_clear_finished_keeps_running(tmp_path):
+    registry = JobRegistry(max_running=2)
+    done, _ = registry.submit(_request(tmp_path, source="models/done"), lambda request, progress: JobOutcome("feedfacefeedface", False))
+    registry.wait(done.key, WAIT_S)
+    fake = BlockingTrace()
+    running, _ = registry.submit(_request(tmp_path, source="models/running"), fake)
+    fake.started.wait(WAIT_S)
+    removed = registry.clear_finished()
+    remaining = [snapshot.key for snapshot in registry.snapshots()]
+    fake.release.set()
+    registry.wait(running.key, WAIT_S)
+    assert removed == 1
+    assert remaining == [running.key]
+
+
+def test_clear_finished_other_store_kept(tmp_path):
+    registry = JobRegistry()
+    for root in (tmp_path / "a", tmp_path / "b"):
+        snapshot, _ = registry.submit(_request(root), lambda request, progress: JobOutcome("feedfacefeedface", False))
+        registry.wait(snapshot.key, WAIT_S)
+
+    assert registry.clear_finished(str(tmp_path / "a")) == 1
+    assert [snapshot.request.store_root for snapshot in registry.snapshots()] == [str(tmp_path / "b")]
+
+
 def test_registry_rejects_zero_workers():
     with pytest.raises(ValueError, match="max_running=0"):
         JobRegistry(max_running=0)

@@ -101,6 +101,51 @@ def test_figure_image_without_browser_raises(reference, monkeypatch):
         report.figure_image(figures.profile_figure([reference]), "png")
 
 
+def test_figure_image_retries_transient_kaleido_error(reference, monkeypatch):
+    calls = []
+
+    def flaky(fig, **options):
+        calls.append(options["format"])
+        if len(calls) == 1:
+            raise RuntimeError("Error: kaleido_scopes is not defined")
+        return b"\x89PNG image"
+
+    monkeypatch.setattr(report, "find_browser", lambda: "/usr/bin/chromium")
+    monkeypatch.setattr(report.pio, "to_image", flaky)
+    assert report.figure_image(figures.profile_figure([reference]), "png") == b"\x89PNG image"
+    assert calls == ["png", "png"]
+
+
+def test_figure_image_error_is_one_line(reference, monkeypatch):
+    def failing(fig, **options):
+        raise RuntimeError("browser exited\nTraceback (most recent call last):\n  more lines")
+
+    monkeypatch.setattr(report, "find_browser", lambda: "/bin/false")
+    monkeypatch.setattr(report.pio, "to_image", failing)
+    with pytest.raises(report.ExportError) as raised:
+        report.figure_image(figures.profile_figure([reference]), "png")
+    assert str(raised.value) == (
+        "PNG export with /bin/false failed (RuntimeError: browser exited); "
+        "export HTML instead, or check that the browser starts headless."
+    )
+
+
+def test_figure_image_fails_with_false_browser(reference, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", "/bin/false")
+    with pytest.raises(report.ExportError, match="export HTML instead"):
+        report.figure_image(figures.checkpoint_heatmap([reference]), "png", width=300)
+
+
+def test_comparison_table_names_runs_and_band(reference, aligned):
+    comparison = compare_runs(reference, aligned, band=(0.5, 1.0))
+    table = report.comparison_table(comparison, reference, aligned)
+    assert list(table.columns[:6]) == ["reference_id", "reference_label", "target_id", "target_label", "band_low", "band_high"]
+    assert set(table["reference_id"]) == {reference.run_id}
+    assert set(table["target_id"]) == {aligned.run_id}
+    assert set(table["target_label"]) == {XSS_LABEL}
+    assert (set(table["band_low"]), set(table["band_high"])) == ({0.5}, {1.0})
+
+
 def test_figure_image_rejects_unknown_format(reference):
     with pytest.raises(report.ExportError, match="'gif' is not supported"):
         report.figure_image(figures.profile_figure([reference]), "gif")

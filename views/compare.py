@@ -84,14 +84,20 @@ columns[2].metric("Share of |Δ alpha| in band", _share(summary.band_share_alpha
 columns[3].metric("Share of |Δ transport| in band", _share(summary.band_share_transport), help="Share of the summed absolute transport change over all layers.")
 st.caption(
     f"Target minus reference; terminal band: relative depth {summary.band[0]:.2f} to {summary.band[1]:.2f}; "
-    f"{summary.n_replicates} paired bootstrap replicates; verdict status: {ui.escape_markdown(summary.verdict)}."
+    f"{summary.n_replicates} paired bootstrap replicates; verdict: {VERDICT_TITLES[summary.verdict]}."
 )
 
 left, right = st.columns(2)
 with left:
-    ui.plot(figures.comparison_overlay(comparison, reference, target, axis=selection.axis), key="compare_overlay")
+    ui.plot(
+        figures.comparison_overlay(comparison, reference, target, axis=selection.axis, width_px=ui.column_width(1 / 2)),
+        key="compare_overlay",
+    )
 with right:
-    ui.plot(figures.delta_figure(comparison, reference, target, axis=selection.axis), key="compare_delta")
+    ui.plot(
+        figures.delta_figure(comparison, reference, target, axis=selection.axis, width_px=ui.column_width(1 / 2)),
+        key="compare_delta",
+    )
 
 ui.show_settings([reference, target])
 ui.show_flagged([reference, target])

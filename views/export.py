@@ -1,7 +1,9 @@
 """Export page: figures as offline HTML, PNG or SVG, per-layer tables, and the one-file audit report.
 
-Files are generated only when a download button is clicked (deferred data), so opening the
-page stays fast and never starts a browser.
+HTML and table files are generated only when a download button is clicked (deferred data), so
+opening the page stays fast and never starts a browser. PNG and SVG images render in the page
+run when their button is clicked, then a "Save" button downloads them: a deferred download
+cannot show an error on the page, and image export can fail (no working Chromium, kaleido).
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from spinal import dashboard as ui
-from spinal import figures, report
+from spinal import figures, report, series_figures
+from spinal import series as series_analysis
 from spinal.stats import Comparison, ComparisonError, compare_runs
+
+MAX_SIDE_BY_SIDE = 4
+"""Checkpoints exported as side-by-side figures, as on the Side by side page."""
+_KEY_IMAGE = "export_rendered_image"
 
 st.title("Export")
 selection = ui.current_selection()
@@ -47,18 +54,92 @@ if comparison is not None:
     builders["compare-delta"] = lambda: figures.delta_figure(comparison, reference, target, axis=selection.axis)
 
 
+def _side_by_side_builder(index: int, shown: list) -> Callable[[], go.Figure]:
+    def build() -> go.Figure:
+        return figures.profile_figure(
+            [shown[index]],
+            axis=selection.axis,
+            band=selection.band,
+            ranges=figures.shared_ranges(shown, selection.axis),
+            names=[figures.legend_names(shown)[index]],
+            colours=[figures.colour_for(index)],
+            title=figures.legend_names(shown)[index],
+        )
+
+    return build
+
+
+if len(runs) >= 2:
+    side_by_side_runs = runs[:MAX_SIDE_BY_SIDE]
+    for position in range(len(side_by_side_runs)):
+        builders[f"side-by-side-{position + 1}"] = _side_by_side_builder(position, side_by_side_runs)
+
+# The series is the Training page's pick (or the URL's), else the default one. As on that page,
+# every run of the series is exported, whatever the sidebar selects.
+found_series = [item for item in series_analysis.find_series(selection.infos.values()) if len(item.run_ids) >= 2]
+series_by_key = {item.key: item for item in found_series}
+chosen_series = series_by_key.get(ui.selected_series() or "") or series_analysis.default_series(found_series, selection.run_ids)
+if chosen_series is not None:
+    series_runs = ui.open_runs(selection, chosen_series.run_ids)
+
+    def _training_band() -> go.Figure:
+        table = series_analysis.band_values(series_runs, chosen_series.steps, selection.band, epochs=chosen_series.epochs)
+        onsets = series_analysis.series_onsets(table)
+        return series_figures.series_band_figure(
+            table, onsets, band=selection.band, runs=series_runs, name=chosen_series.name
+        )
+
+    def _training_heatmap(metric: str) -> Callable[[], go.Figure]:
+        return lambda: series_figures.series_heatmap(
+            series_runs, chosen_series.steps, metric=metric, axis=selection.axis, epochs=chosen_series.epochs,
+            name=chosen_series.name,
+        )
+
+    builders["training-band"] = _training_band
+    builders["training-heatmap-alpha"] = _training_heatmap("alpha")
+    builders["training-heatmap-transport"] = _training_heatmap("transport")
+
+
 def _html_data(name: str) -> Callable[[], str]:
     return lambda: report.figure_html(builders[name]())
 
 
-def _image_data(name: str, fmt: str) -> Callable[[], bytes]:
-    return lambda: report.figure_image(builders[name](), fmt)
+selection_token = (selection.run_ids, selection.reference, selection.target, selection.axis, selection.band, ui.selected_series())
+
+
+def _image_cell(column, name: str, fmt: str, enabled: bool) -> str | None:
+    """Draw the render button of one image (and its Save button once rendered); return an error message."""
+    token = (name, fmt, selection_token)
+    mime = "image/png" if fmt == "png" else "image/svg+xml"
+    error = None
+    if column.button(fmt.upper(), key=f"export_{fmt}_{name}", disabled=not enabled, help=f"Render {name} as {fmt.upper()}."):
+        with st.spinner(f"Rendering {name} as {fmt.upper()}..."):
+            try:
+                data = report.figure_image(builders[name](), fmt)
+            except report.ExportError as failure:
+                st.session_state.pop(_KEY_IMAGE, None)
+                error = str(failure)
+            else:
+                # Only the latest image is kept, so each session keeps at most one in memory.
+                st.session_state[_KEY_IMAGE] = (token, data)
+
+    rendered = st.session_state.get(_KEY_IMAGE)
+    if rendered is not None and rendered[0] == token:
+        column.download_button(
+            f"Save {fmt.upper()}", rendered[1], file_name=f"spinal-{name}.{fmt}", mime=mime,
+            key=f"export_save_{fmt}_{name}", on_click="ignore", type="primary",
+        )
+
+    return error
 
 
 st.subheader("Figures")
 images_ok, images_message = report.static_export_status()
 if images_ok:
-    st.caption(ui.escape_markdown(images_message) + " Rendering an image takes a few seconds (3D figures longer).")
+    st.caption(
+        ui.escape_markdown(images_message)
+        + " PNG or SVG renders the image (a few seconds, 3D figures longer), then Save downloads it."
+    )
 else:
     st.warning(ui.escape_markdown(images_message))
 
@@ -68,19 +149,15 @@ for name in builders:
     html_column.download_button(
         "HTML", _html_data(name), file_name=f"spinal-{name}.html", mime="text/html", key=f"export_html_{name}", on_click="ignore"
     )
-    png_column.download_button(
-        "PNG", _image_data(name, "png"), file_name=f"spinal-{name}.png", mime="image/png",
-        key=f"export_png_{name}", disabled=not images_ok, on_click="ignore",
-    )
-    svg_column.download_button(
-        "SVG", _image_data(name, "svg"), file_name=f"spinal-{name}.svg", mime="image/svg+xml",
-        key=f"export_svg_{name}", disabled=not images_ok, on_click="ignore",
-    )
+    for column, fmt in ((png_column, "png"), (svg_column, "svg")):
+        error = _image_cell(column, name, fmt, images_ok)
+        if error:
+            st.error(ui.escape_markdown(error))
 
 st.subheader("Tables")
 tables = {"layers": lambda: report.layers_table(runs)}
 if comparison is not None:
-    tables["comparison"] = lambda: comparison.table
+    tables["comparison"] = lambda: report.comparison_table(comparison, reference, target)
 for name, build in tables.items():
     label, csv_column, parquet_column = st.columns([3, 1, 1])
     label.markdown(f"**{name}** (per layer)")

@@ -1,4 +1,4 @@
-"""Runs page: every run in the store, and what to do when there is none."""
+"""Runs page: every run in the store with its settings and trace warnings, and what to do when there is none."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import streamlit as st
 
 from spinal import dashboard as ui
 from spinal.errors import SpinalError
+from spinal.figures import settings_text
 from spinal.store import TraceStore
 
 st.title("Runs")
@@ -17,9 +18,12 @@ if not selection.infos:
     st.stop()
 
 rows = []
+warning_rows = []
 for info in selection.infos.values():
     model = info.manifest.get("model") or {}
     series = info.series or {}
+    warnings = [str(text) for text in info.manifest.get("warnings") or []]
+    warning_rows.extend({"label": info.label, "run id": info.run_id, "warning": text} for text in warnings)
     rows.append(
         {
             "selected": info.run_id in selection.run_ids,
@@ -33,11 +37,18 @@ for info in selection.infos.values():
             "prompt set": (info.prompt_sha256 or "")[:12],
             "series step": series.get("step"),
             "created": info.created,
+            "warnings": len(warnings),
+            "settings": settings_text(info.manifest),
         }
     )
 
 st.caption(f"{len(rows)} run(s) in {ui.escape_markdown(selection.store_root)}. Pick runs for the other pages in the sidebar.")
 st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
+
+if warning_rows:
+    warned_runs = len({row["run id"] for row in warning_rows})
+    with st.expander(f"{len(warning_rows)} trace warning(s) in {warned_runs} run(s)", expanded=True):
+        st.dataframe(pd.DataFrame(warning_rows), hide_index=True, width="stretch")
 
 with st.expander("Delete a run"):
     doomed = st.selectbox(

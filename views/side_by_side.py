@@ -28,6 +28,7 @@ for index, (column, run, name) in enumerate(zip(st.columns(len(runs)), runs, nam
             names=[name],
             colours=[figures.colour_for(index)],
             title=name,
+            width_px=ui.column_width(1 / len(runs)),
         )
         ui.plot(fig, key=f"side_by_side_{index}")
 

@@ -26,6 +26,8 @@ importlib.import_module("spinal.demo")
 
 POLL_SECONDS = 1.0
 _KEY_WATCHED = "trace_watched_jobs"
+# A toast to show on the next run: a toast drawn just before st.rerun() is never seen.
+_KEY_TOAST = "trace_pending_toast"
 UPLOAD_DIR = Path(tempfile.gettempdir()) / "spinal-uploads"
 
 st.title("Trace")
@@ -34,6 +36,11 @@ st.caption(
     f"Runs go to the store at {ui.escape_markdown(selection.store_root)}. The same request twice returns the stored run "
     "without loading the model."
 )
+if selection.store_root.is_file():
+    st.warning(
+        f"The trace store path {ui.escape_markdown(selection.store_root)} is a file, so no trace can be stored there. "
+        "Enter a folder in **Trace store** in the sidebar."
+    )
 
 
 def _save_upload(name: str, payload: bytes) -> str:
@@ -48,10 +55,28 @@ def _save_upload(name: str, payload: bytes) -> str:
     return str(path)
 
 
+def _prompts_name(request: TraceRequest) -> str:
+    if request.prompts_name:
+        return request.prompts_name
+
+    return request.prompts if request.prompts.startswith(BUILTIN_PREFIX) else Path(request.prompts).name
+
+
 def _describe(snapshot: JobSnapshot) -> str:
     request = snapshot.request
     label = request.label or Path(request.source).name or request.source
-    return f"{label} on {Path(request.prompts).name if not request.prompts.startswith(BUILTIN_PREFIX) else request.prompts}"
+    return f"{label} on {_prompts_name(request)}"
+
+
+def _error_text(snapshot: JobSnapshot) -> str:
+    """Return the job's error with the temporary copy of an uploaded file named as the upload."""
+    text = snapshot.error or f"Trace {snapshot.state}."
+    request = snapshot.request
+    if request.prompts_name:
+        uploaded = f"uploaded file {request.prompts_name}"
+        text = text.replace(request.prompts, uploaded).replace(Path(request.prompts).name, uploaded)
+
+    return text
 
 
 def _show_job(snapshot: JobSnapshot) -> None:
@@ -68,8 +93,10 @@ def _show_job(snapshot: JobSnapshot) -> None:
             st.success(f"Run {snapshot.run_id} {origin}.")
             if snapshot.run_id not in selection.run_ids:
                 st.button("Add to selection", key=f"select_{snapshot.key}", on_click=ui.add_to_selection, args=(snapshot.run_id,))
+        elif snapshot.state == "cancelled":
+            st.info(ui.escape_markdown(_error_text(snapshot)))
         else:
-            st.error(ui.escape_markdown(snapshot.error or f"Trace {snapshot.state}."))
+            st.error(ui.escape_markdown(_error_text(snapshot)))
 
 
 def _job_panel() -> None:
@@ -77,6 +104,16 @@ def _job_panel() -> None:
     if not snapshots:
         st.caption("No trace jobs yet.")
         return
+
+    if any(not snapshot.is_active for snapshot in snapshots):
+        st.button(
+            "Clear finished jobs",
+            key="trace_clear_finished",
+            on_click=REGISTRY.clear_finished,
+            args=(str(selection.store_root),),
+            help="Remove done, failed and cancelled jobs of this store from the list for every session. "
+            "Running and queued jobs stay.",
+        )
 
     for snapshot in reversed(snapshots):
         _show_job(snapshot)
@@ -89,6 +126,10 @@ def _job_panel() -> None:
     if finished:
         st.rerun()
 
+
+pending_toast = st.session_state.pop(_KEY_TOAST, None)
+if pending_toast:
+    st.toast(pending_toast)
 
 st.subheader("Jobs")
 polling = bool(REGISTRY.active())
@@ -145,6 +186,7 @@ with st.form("trace_form"):
     submitted = st.form_submit_button("Start trace", type="primary")
 
 if submitted:
+    prompts_name = None
     try:
         if not source.strip():
             raise SpinalError("model is missing: enter a local checkpoint directory or a hub id.")
@@ -161,6 +203,7 @@ if submitted:
             if upload is None:
                 raise SpinalError("no prompt file uploaded: choose a file or pick another prompt source.")
             prompts = _save_upload(upload.name, upload.getvalue())
+            prompts_name = upload.name
 
         settings = TraceSettings(
             fit=FitSettings(center=center, drop_top=drop_top, fit_until=fit_until, min_points=int(min_points), rel_floor=rel_floor),
@@ -182,14 +225,17 @@ if submitted:
             trust_remote_code=trust_remote_code,
             allow_pickle=allow_pickle,
             label=label.strip() or None,
+            prompts_name=prompts_name,
         )
     except SpinalError as error:
         ui.show_error(error)
     else:
         snapshot, attached = REGISTRY.submit(request, functools.partial(run_engine_trace, models=ui.model_cache()))
         st.session_state.setdefault(_KEY_WATCHED, set()).add(snapshot.key)
-        if attached:
-            st.toast("The same trace is already running or done: attached to it.")
+        if attached and snapshot.is_active:
+            st.session_state[_KEY_TOAST] = "The same trace is already running: attached to the running job."
+        elif attached:
+            st.session_state[_KEY_TOAST] = "The same trace already finished: its run is shown under Jobs."
         st.rerun()
 
 st.subheader("Loaded models")

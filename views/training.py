@@ -30,12 +30,18 @@ selection = ui.current_selection()
 found = series_analysis.find_series(selection.infos.values())
 
 if not found:
+    if selection.store_root.is_file():
+        ui.show_empty_store(selection)
+        st.stop()
+
+    option = ui.store_option(selection.store_root).replace("`", "'")
+    state = "has no training series" if selection.store_root.exists() else "does not exist (check the path for a typo)"
     st.info(
-        f"The trace store at {ui.escape_markdown(selection.store_root)} has no training series. A series is a set of "
+        f"The trace store at {ui.escape_markdown(selection.store_root)} {state}. A series is a set of "
         "runs of one training job, one per saved step. To make one:\n\n"
-        "- build the offline demo (a base model and its DPO checkpoints, traced): `spinal demo`,\n"
+        f"- build the offline demo (a base model and its DPO checkpoints, traced): `spinal demo{option}`,\n"
         "- attach `spinal.callbacks.SpinalCallback` to a transformers `Trainer`, so every checkpoint save is traced,\n"
-        "- or trace a training output folder of `checkpoint-N` folders: `spinal trace OUTPUT_DIR --prompts PROMPTS.txt`."
+        f"- or trace a training output folder of `checkpoint-N` folders: `spinal trace OUTPUT_DIR --prompts PROMPTS.txt{option}`."
     )
     st.stop()
 
@@ -113,7 +119,9 @@ for metric in series_analysis.METRICS:
         st.info(ui.escape_markdown(f"No bootstrap interval for band {metric} at {len(missing)} step(s) ({details}); hollow markers."))
 
 ui.plot(
-    series_figures.series_band_figure(table, onsets, band=selection.band, runs=runs, name=chosen.name),
+    series_figures.series_band_figure(
+        table, onsets, band=selection.band, runs=runs, name=chosen.name, width_px=ui.column_width(1)
+    ),
     key="training_band",
 )
 
@@ -121,7 +129,8 @@ left, right = st.columns(2)
 for column, metric in ((left, "alpha"), (right, "transport")):
     with column:
         fig = series_figures.series_heatmap(
-            runs, chosen.steps, metric=metric, axis=selection.axis, epochs=chosen.epochs, name=chosen.name
+            runs, chosen.steps, metric=metric, axis=selection.axis, epochs=chosen.epochs, name=chosen.name,
+            width_px=ui.column_width(1 / 2),
         )
         ui.plot(fig, key=f"training_heatmap_{metric}")
 

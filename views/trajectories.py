@@ -25,10 +25,16 @@ show_ci = controls[1].toggle(
 
 left, right = st.columns([3, 2])
 with left:
-    ui.plot(figures.trajectory_3d(runs, axis=selection.axis, band=selection.band, camera=camera), key="trajectory_3d")
+    ui.plot(
+        figures.trajectory_3d(runs, axis=selection.axis, band=selection.band, camera=camera, width_px=ui.column_width(3 / 5)),
+        key="trajectory_3d",
+    )
 with right:
     ui.plot(
-        figures.profile_figure(runs, axis=selection.axis, band=selection.band, show_ci=show_ci), key="trajectory_profiles"
+        figures.profile_figure(
+            runs, axis=selection.axis, band=selection.band, show_ci=show_ci, width_px=ui.column_width(2 / 5)
+        ),
+        key="trajectory_profiles",
     )
 
 ui.show_settings(runs)
