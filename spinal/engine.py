@@ -36,7 +36,7 @@ from spinal import __version__
 from spinal.errors import ModelLoadError, SettingsError, StoreError, TraceError
 from spinal.keys import content_key, request_key
 from spinal.settings import SCHEMA_VERSION, TraceSettings
-from spinal.streaming import StatisticsAccumulator
+from spinal.streaming import ProgressCallback, StatisticsAccumulator, _report
 
 if TYPE_CHECKING:
     import torch
@@ -46,9 +46,6 @@ if TYPE_CHECKING:
     from spinal.store import Run, TraceStore
 
 logger = logging.getLogger(__name__)
-
-ProgressCallback = Callable[[str, int, int], None]
-"""Called as progress(stage, done, total); stages: load, forward, fit, bootstrap, write."""
 
 LAYER_CONVENTION = (
     "Row layer=0 is the embedding output and rows 1..L are the block outputs. The residual of "
@@ -92,11 +89,6 @@ class _TokenizedPrompts:
 
     ids: list[list[int]]
     truncated: list[bool]
-
-
-def _report(progress: ProgressCallback | None, stage: str, done: int, total: int) -> None:
-    if progress is not None:
-        progress(stage, done, total)
 
 
 def _validate_request(settings: TraceSettings, batch_size: int, max_prompts: int | None) -> None:

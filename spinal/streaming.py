@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import torch
 
 ProgressCallback = Callable[[str, int, int], None]
+"""Called as progress(stage, done, total); stages: load, forward, fit, bootstrap, write."""
 
 LENS_CHUNK_BYTES = 256 * 1024**2
 """Memory budget for the float32 lens log-probabilities of one token chunk (two layers live)."""
