@@ -345,7 +345,7 @@ def wrap_model(model: Any, tokenizer: Any, source: str = "in-memory") -> LoadedM
     )
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     """Return whether ``source`` is shaped like a Hub repository id rather than a file path."""
     if source.startswith((".", "/", "~")) or "\\" in source or ".." in source or "--" in source:
         return False
@@ -475,7 +475,7 @@ def load_model(
             )
         use_safetensors: bool | None = check_local_checkpoint(directory, allow_pickle=allow_pickle)
         location = str(directory)
-    elif _is_hub_id(source):
+    elif is_hub_id(source):
         # On the Hub, transformers picks safetensors first and falls back to pickle only when allowed.
         use_safetensors = None if allow_pickle else True
         location = source

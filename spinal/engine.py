@@ -767,8 +767,10 @@ def check_model_source(source: str, *, revision: str | None = None, allow_pickle
     """
     from spinal.adapters import check_local_checkpoint
 
+    from spinal.adapters import is_hub_id
+
     path = Path(source).expanduser()
-    if path.exists() or _looks_like_local_path(source):
+    if path.exists() or not is_hub_id(source):
         check_local_checkpoint(_resolve_model_directory(source, revision), allow_pickle=allow_pickle)
 
 
@@ -799,20 +801,12 @@ def _resolve_model_directory(source: str, revision: str | None) -> Path:
             )
         return path.resolve()
 
-    if _looks_like_local_path(source):
+    from spinal.adapters import is_hub_id
+
+    if not is_hub_id(source):
         raise ModelLoadError(f"Model path not found: {source}. Check the path, or pass a hub id like 'gpt2'.")
 
     return _download_hub_snapshot(source, revision)
-
-
-def _looks_like_local_path(source: str) -> bool:
-    return (
-        source.startswith((".", "/", "~"))
-        or source.count("/") > 1
-        or "\\" in source
-        or source.strip() != source
-        or source == ""
-    )
 
 
 def _download_hub_snapshot(repo_id: str, revision: str | None) -> Path:

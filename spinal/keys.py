@@ -1,7 +1,7 @@
 """Trace keys: content hashes of everything that changes a trace's numbers.
 
 Two keys exist. The content key hashes the weights fingerprint, the prompt set, every
-setting, the resolved device type and dtype, and the schema version; it names the run.
+setting, the resolved device type and dtype, and the schema version. It names the run.
 The request key hashes what the user typed (device and dtype possibly ``auto``) plus a
 cheap signature of the machine, and is stored as an alias to the run it produced. A repeated
 request finds its run through the alias without importing torch or loading the model.

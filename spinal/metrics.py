@@ -33,7 +33,7 @@ class TailFit:
     Attributes:
         alpha: Minus the least-squares slope of log sigma_k against log k over the window;
             NaN unless status is ``ok``.
-        status: ``ok``; ``too_few`` when the window holds fewer than ``min_points`` values;
+        status: ``ok``; ``too_few`` when the window contains fewer than ``min_points`` values;
             ``degenerate`` when the spectrum is all zero or flat on a log scale;
             ``non_finite`` when the input contains NaN or infinity.
         warning: Empty, or a sentence on why the number deserves caution.

@@ -75,7 +75,7 @@ class FitSettings:
 
 @dataclass(frozen=True)
 class TokenSettings:
-    """Which tokens of each prompt enter the statistics.
+    """Token selection: the positions of each prompt that enter the statistics.
 
     Attributes:
         positions: ``skip-first`` drops position 0 (BOS or first token, whose residual is an
@@ -118,9 +118,9 @@ class BootstrapSettings:
         groups: Number of prompt groups; fewer prompts than this means one group per prompt.
         level: Two-sided confidence level of the percentile intervals.
         seed: Seed of the replicate draws.
-        max_gram_bytes: Memory cap for the per-group Gram matrices that alpha intervals need;
-            above it the group count shrinks, and below 4 groups alpha intervals are skipped
-            with a warning in the run.
+        max_gram_bytes: Memory cap for the per-group Gram matrices that alpha intervals need.
+            Above it the group count shrinks. Below 4 groups, alpha intervals are skipped with
+            a warning in the run.
     """
 
     replicates: int = 200

@@ -363,7 +363,7 @@ def _pairing_fields(bootstrap: dict[str, Any]) -> dict[str, Any]:
 
 
 def _used_groups(used: dict[str, Any]) -> tuple[Any, Any]:
-    # The engine caps the group count by the prompt count and by memory; replicates pair only
+    # The engine caps the group count by the prompt count and by memory. Replicates pair only
     # when both runs drew from the same number of groups.
     return used.get("transport_groups"), used.get("alpha_groups")
 

@@ -145,7 +145,8 @@ def test_compare_unknown_run_fails(tmp_path, capsys):
     ],
 )
 def test_cli_errors_are_one_line(saved_model, prompt_file, tmp_path, arguments, message):
-    replaced = [str(saved_model) if arg == "MODEL" else str(prompt_file) if arg == "PROMPTS" else arg for arg in arguments]
+    placeholders = {"MODEL": str(saved_model), "PROMPTS": str(prompt_file)}
+    replaced = [placeholders.get(arg, arg) for arg in arguments]
 
     completed = run_cli(*replaced, "--store", str(tmp_path / "store"))
 
